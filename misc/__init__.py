@@ -1,0 +1,1 @@
+"""Shared helpers: errors, image/label I/O, instance utilities, synthetic data."""

@@ -1,0 +1,1 @@
+"""postproc package."""
