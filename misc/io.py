@@ -73,10 +73,12 @@ def _check_exists(path: Path) -> None:
         raise UserError(f"{path}: is a folder, expected a file")
 
 
-def _read_raw(path: Path) -> np.ndarray:
+def _read_raw(path: Path, expand_palette: bool = True) -> np.ndarray:
     """Read an image file into an array without changing its values.
 
-    Palette images are expanded through their palette.
+    Palette images are expanded through their palette when ``expand_palette`` is set (images);
+    otherwise their indices are returned (label maps). CMYK, YCbCr, LAB and HSV images are
+    converted to RGB.
     """
     suffix = path.suffix.lower()
     try:
@@ -87,8 +89,10 @@ def _read_raw(path: Path) -> np.ndarray:
         from PIL import Image
 
         with Image.open(path) as img:
-            if img.mode == "P":
+            if img.mode == "P" and expand_palette:
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                img = img.convert("RGB")
             return np.asarray(img)
     except UserError:
         raise
@@ -143,6 +147,8 @@ def read_image(path: str | os.PathLike, allow_grey: bool = False) -> np.ndarray:
 def read_label(path: str | os.PathLike, key: str = "inst_map") -> np.ndarray:
     """Read a label map as (H, W) int32 from ``.npy``, ``.mat`` (``key``) or a label image.
 
+    A palette (mode ``P``) label image gives its palette indices, not the palette colours.
+
     An ``.npy`` of shape (H, W, C) returns channel 0 (instances of ``[inst, type]`` pairs);
     use :func:`read_label_stack` to get every channel.
 
@@ -170,7 +176,7 @@ def read_label_stack(path: str | os.PathLike, key: str = "inst_map") -> np.ndarr
                 raise UserError(f"{path}: no variable '{key}' in .mat file (has {names})")
             array = np.asarray(mat[key])
         else:
-            array = _read_raw(path)
+            array = _read_raw(path, expand_palette=False)
     except UserError:
         raise
     except Exception as err:
