@@ -1,1 +1,39 @@
-"""metrics package."""
+"""Evaluation metrics with the community's definitions, vectorised.
+
+Instance (per image, averaged over images): :func:`instance_stats`, :func:`pq_per_class`.
+PanNuke (per image, per tissue, over tissues): :func:`pannuke_pq`.
+CoNIC (pooled over images): :func:`conic_mpq_plus`, :func:`conic_r2`.
+Detection/classification (pooled): :func:`type_f1`.
+Glands (per image): :func:`glas_object_metrics`. Semantic (accumulated): :func:`semantic_iou`.
+Aggregation of per-image rows: :func:`mean_rows`.
+"""
+
+from metrics.aggregate import mean_rows, nanmean
+from metrics.detection import pair_centroids, type_f1
+from metrics.gland import glas_object_metrics
+from metrics.instance import (
+    INSTANCE_KEYS,
+    conic_mpq_plus,
+    conic_r2,
+    instance_stats,
+    pannuke_pq,
+    pq_counts,
+    pq_per_class,
+)
+from metrics.semantic import semantic_iou
+
+__all__ = [
+    "INSTANCE_KEYS",
+    "conic_mpq_plus",
+    "conic_r2",
+    "glas_object_metrics",
+    "instance_stats",
+    "mean_rows",
+    "nanmean",
+    "pair_centroids",
+    "pannuke_pq",
+    "pq_counts",
+    "pq_per_class",
+    "semantic_iou",
+    "type_f1",
+]
