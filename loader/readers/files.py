@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from misc.errors import UserError
-from misc.io import IMAGE_EXTENSIONS, read_label
+from misc.io import IMAGE_EXTENSIONS
 
 
 def require_dir(path: Path, what: str) -> Path:
