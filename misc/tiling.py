@@ -1,0 +1,238 @@
+"""Tiled prediction shared by all families: window grid, padding, batching and stitching.
+
+Semantics follow HoVer-Net's tile mode (SEEDS §2.7), generalised:
+
+- the network takes an ``input_size`` window and returns the centred ``output_size`` window
+  (``output_size <= input_size``; the context margin ``m = (input - output) / 2``);
+- windows advance by ``step`` (default ``output_size - 2 * keep_margin``);
+- where two output windows overlap, the cut between them is the middle of the overlap, so
+  each window keeps its centre and drops about ``keep_margin`` pixels on interior sides
+  (FullNet's overlapping windows); windows at the image border keep everything up to it;
+- ``pad_mode='reflect'`` reflect-pads the image by ``m`` plus the kept margin at the top/left
+  and as much as the windows need at the bottom/right (HoVer-Net); ``pad_mode='zero'`` pads
+  ``m`` zeros at the top/left and zeros at the bottom/right (FullNet: ``m = 0``).
+
+Padding is never materialised: each window is gathered through per-axis index arrays. Output
+rows are emitted band by band (one band per row of windows) to a *sink*, so the memory held is
+one band of ``step`` rows plus one batch, whatever the image size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from misc.errors import UserError
+
+PAD_MODES = ("reflect", "zero")
+
+Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """Window geometry of tiled prediction.
+
+    Attributes:
+        input_size: side of the square window fed to the network, in pixels.
+        output_size: side of the centred square window the network returns.
+        keep_margin: pixels dropped on interior sides of each output window.
+        step: window stride; ``None`` means ``output_size - 2 * keep_margin``.
+        pad_mode: ``'reflect'`` or ``'zero'`` (see the module docstring).
+    """
+
+    input_size: int
+    output_size: int
+    keep_margin: int = 0
+    step: int | None = None
+    pad_mode: str = "reflect"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.input_size, int) and isinstance(self.output_size, int)):
+            raise UserError(
+                f"tiling: input_size/output_size must be integers, got {self.input_size!r}/{self.output_size!r}"
+            )
+        if not 0 < self.output_size <= self.input_size:
+            raise UserError(
+                f"tiling: need 0 < output_size <= input_size, got output {self.output_size}, input {self.input_size}"
+            )
+        if (self.input_size - self.output_size) % 2:
+            raise UserError(
+                f"tiling: input_size - output_size must be even (centred output), got {self.input_size} - {self.output_size}"
+            )
+        if not 0 <= 2 * self.keep_margin < self.output_size:
+            raise UserError(
+                f"tiling: keep_margin must be in [0, output_size / 2), got {self.keep_margin} for output {self.output_size}"
+            )
+        widest = self.output_size - 2 * self.keep_margin
+        if self.step is not None and not 0 < self.step <= widest:
+            raise UserError(
+                f"tiling: step must be in [1, output_size - 2 * keep_margin = {widest}], got {self.step}"
+            )
+        if self.pad_mode not in PAD_MODES:
+            raise UserError(f"tiling: pad_mode must be one of {list(PAD_MODES)}, got {self.pad_mode!r}")
+
+    @property
+    def stride(self) -> int:
+        """The resolved step between windows, in pixels."""
+        return self.step if self.step is not None else self.output_size - 2 * self.keep_margin
+
+    @property
+    def context(self) -> int:
+        """Context margin ``(input_size - output_size) / 2`` on each side, in pixels."""
+        return (self.input_size - self.output_size) // 2
+
+    @classmethod
+    def from_config(cls, infer_cfg: dict) -> "TileSpec":
+        """Build from a config's ``infer`` section.
+
+        Reads ``input_size`` and ``output_size`` and, when the family defines them,
+        ``keep_margin`` (default 0), ``step`` (default derived) and ``pad_mode`` (default reflect).
+        """
+        try:
+            return cls(
+                input_size=infer_cfg["input_size"],
+                output_size=infer_cfg["output_size"],
+                keep_margin=infer_cfg.get("keep_margin") or 0,
+                step=infer_cfg.get("step"),
+                pad_mode=infer_cfg.get("pad_mode") or "reflect",
+            )
+        except KeyError as err:
+            raise UserError(f"config: infer.{err.args[0]} is missing; it sets the tiling window") from None
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """Window placement along one image axis.
+
+    Attributes:
+        length: image length along the axis, in pixels.
+        source: (P,) int64 image index of each padded coordinate; -1 marks zero padding.
+        input_starts: (n,) start of each input window in padded coordinates.
+        output_starts: (n,) start of each output window in image coordinates (may be < 0).
+        keep: (n, 2) kept ``[start, stop)`` of each window in image coordinates, clipped to
+            ``[0, length)``; consecutive ranges abut and together cover the axis exactly.
+    """
+
+    length: int
+    source: np.ndarray
+    input_starts: np.ndarray
+    output_starts: np.ndarray
+    keep: np.ndarray
+
+
+def plan_axis(length: int, spec: TileSpec) -> AxisPlan:
+    """Place windows along an axis of ``length`` pixels (``length >= 1``)."""
+    out, stride, context = spec.output_size, spec.stride, spec.context
+    half_overlap = (out - stride) // 2
+    pad_before = context + half_overlap if spec.pad_mode == "reflect" else context
+    shift = pad_before - context  # output window i covers [i * stride - shift, ... + out)
+    count = max(1, math.ceil((length + shift - out) / stride) + 1)
+    input_starts = np.arange(count, dtype=np.int64) * stride
+    output_starts = input_starts - shift
+    cuts = np.concatenate([[output_starts[0]], output_starts[1:] + half_overlap, [output_starts[-1] + out]])
+    keep = np.clip(np.stack([cuts[:-1], cuts[1:]], axis=1), 0, length)
+    pad_after = int(input_starts[-1]) + spec.input_size - pad_before - length
+    indices = np.arange(length, dtype=np.int64)
+    if spec.pad_mode == "reflect":
+        source = np.pad(indices, (pad_before, pad_after), mode="reflect")
+    else:
+        source = np.pad(indices, (pad_before, pad_after), mode="constant", constant_values=-1)
+    return AxisPlan(length, source, input_starts, output_starts, keep)
+
+
+def gather_window(image: np.ndarray, rows: AxisPlan, cols: AxisPlan, row: int, col: int, size: int) -> np.ndarray:
+    """Input window (size, size, C) of ``image`` at grid cell (row, col), padding applied."""
+    row_src = rows.source[rows.input_starts[row] : rows.input_starts[row] + size]
+    col_src = cols.source[cols.input_starts[col] : cols.input_starts[col] + size]
+    window = image[np.ix_(np.maximum(row_src, 0), np.maximum(col_src, 0))]
+    if row_src.min() < 0 or col_src.min() < 0:
+        window[(row_src < 0)[:, None] | (col_src < 0)[None, :]] = 0
+    return window
+
+
+class BandSink(Protocol):
+    """Receiver of stitched output rows, called in increasing, contiguous row order."""
+
+    def __call__(self, row_start: int, row_stop: int, band: dict[str, np.ndarray]) -> None:
+        """Take rows ``[row_start, row_stop)``: named (row_stop - row_start, W, C) float32 maps."""
+
+
+class ArraySink:
+    """Collects the bands into in-memory (H, W, C) float32 arrays (``self.maps``)."""
+
+    def __init__(self, height: int) -> None:
+        self.height = height
+        self.maps: dict[str, np.ndarray] = {}
+
+    def __call__(self, row_start: int, row_stop: int, band: dict[str, np.ndarray]) -> None:
+        for name, values in band.items():
+            if name not in self.maps:
+                self.maps[name] = np.empty((self.height, *values.shape[1:]), np.float32)
+            self.maps[name][row_start:row_stop] = values
+
+
+def _check_outputs(outputs: dict[str, np.ndarray], count: int, size: int) -> None:
+    if not outputs:
+        raise UserError("tiling: the family's predict returned no maps")
+    for name, values in outputs.items():
+        if values.ndim != 4 or values.shape[0] != count or values.shape[1:3] != (size, size):
+            raise UserError(
+                f"tiling: predicted map '{name}' has shape {values.shape}; expected ({count}, {size}, {size}, C) "
+                f"for infer.output_size = {size}"
+            )
+
+
+def predict_tiled(
+    image: np.ndarray,
+    predict: Predictor,
+    spec: TileSpec,
+    sink: BandSink,
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+) -> None:
+    """Predict ``image`` window by window and emit the stitched output rows to ``sink``.
+
+    Args:
+        image: (H, W, C) array, typically uint8 RGB.
+        predict: maps a (N, input, input, C) batch of windows to named
+            (N, output, output, K) float maps.
+        spec: the window geometry.
+        sink: receives each finished band of rows (see :class:`BandSink`).
+        batch_size: windows per ``predict`` call.
+        on_batch: called with the number of windows after each batch (progress).
+    """
+    if image.ndim != 3 or min(image.shape[:2]) < 1:
+        raise UserError(f"tiling: image shape {image.shape} is not (H, W, C) with H, W >= 1")
+    if batch_size < 1:
+        raise UserError(f"tiling: batch_size must be >= 1, got {batch_size}")
+    rows, cols = plan_axis(image.shape[0], spec), plan_axis(image.shape[1], spec)
+    cells = [(r, c) for r in range(len(rows.input_starts)) for c in range(len(cols.input_starts))]
+    bands: dict[int, dict[str, np.ndarray]] = {}
+    remaining = {r: len(cols.input_starts) for r in range(len(rows.input_starts))}
+    for first in range(0, len(cells), batch_size):
+        batch = cells[first : first + batch_size]
+        windows = np.stack([gather_window(image, rows, cols, r, c, spec.input_size) for r, c in batch])
+        outputs = predict(windows)
+        _check_outputs(outputs, len(batch), spec.output_size)
+        for k, (r, c) in enumerate(batch):
+            (r0, r1), (c0, c1) = rows.keep[r], cols.keep[c]
+            dy, dx = r0 - rows.output_starts[r], c0 - cols.output_starts[c]
+            band = bands.setdefault(
+                r, {name: np.empty((r1 - r0, image.shape[1], v.shape[3]), np.float32) for name, v in outputs.items()}
+            )
+            for name, values in outputs.items():
+                band[name][:, c0:c1] = values[k, dy : dy + r1 - r0, dx : dx + c1 - c0]
+            remaining[r] -= 1
+            if remaining[r] == 0:
+                sink(int(r0), int(r1), bands.pop(r))
+        if on_batch is not None:
+            on_batch(len(batch))
+
+
+def window_count(shape: tuple[int, int], spec: TileSpec) -> int:
+    """Number of windows :func:`predict_tiled` runs for an image of ``shape`` (H, W)."""
+    return len(plan_axis(shape[0], spec).input_starts) * len(plan_axis(shape[1], spec).input_starts)

@@ -1,0 +1,111 @@
+"""Tiler: window placement, padding, and exact stitching with an identity-like predictor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from misc.errors import UserError
+from misc.tiling import ArraySink, TileSpec, gather_window, plan_axis, predict_tiled, window_count
+
+
+def centre_crop_predictor(spec: TileSpec):
+    """A predictor whose output window is the centre crop of its input window, as float32."""
+    margin = spec.context
+
+    def predict(windows: np.ndarray) -> dict[str, np.ndarray]:
+        crop = windows[:, margin : margin + spec.output_size, margin : margin + spec.output_size]
+        return {"rgb": crop.astype(np.float32), "red": crop[..., :1].astype(np.float32) * 2}
+
+    return predict
+
+
+def stitch(image: np.ndarray, spec: TileSpec, batch_size: int = 3) -> dict[str, np.ndarray]:
+    sink = ArraySink(image.shape[0])
+    predict_tiled(image, centre_crop_predictor(spec), spec, sink, batch_size=batch_size)
+    return sink.maps
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        TileSpec(input_size=26, output_size=8),
+        TileSpec(input_size=27, output_size=9, keep_margin=2),
+        TileSpec(input_size=20, output_size=20, keep_margin=3, pad_mode="zero"),
+        TileSpec(input_size=24, output_size=12, step=5, pad_mode="zero"),
+        TileSpec(input_size=24, output_size=12, step=5, pad_mode="reflect"),
+    ],
+    ids=["hovernet-like", "reflect-keep", "fullnet-like", "zero-small-step", "reflect-small-step"],
+)
+@pytest.mark.parametrize("shape", [(37, 53), (5, 3), (1, 1), (8, 8)], ids=["odd", "smaller", "one-pixel", "one-window"])
+def test_stitched_identity_equals_image(spec: TileSpec, shape: tuple[int, int]) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    maps = stitch(image, spec)
+    assert maps["rgb"].shape == (*shape, 3) and maps["rgb"].dtype == np.float32
+    np.testing.assert_array_equal(maps["rgb"], image.astype(np.float32))
+    np.testing.assert_array_equal(maps["red"][..., 0], image[..., 0].astype(np.float32) * 2)
+
+
+def test_hovernet_original_window_placement() -> None:
+    plan = plan_axis(200, TileSpec(input_size=270, output_size=80))
+    assert plan.input_starts.tolist() == [0, 80, 160]
+    assert plan.keep.tolist() == [[0, 80], [80, 160], [160, 200]]
+    assert plan.source.size == 160 + 270  # pad 95 top, 135 bottom
+    assert plan.source[:3].tolist() == [95, 94, 93]  # reflect, edge not repeated
+
+
+def test_fullnet_window_placement_keeps_centres() -> None:
+    plan = plan_axis(300, TileSpec(input_size=208, output_size=208, keep_margin=40, pad_mode="zero"))
+    assert plan.input_starts.tolist() == [0, 128]
+    assert plan.keep.tolist() == [[0, 168], [168, 300]]
+    assert plan.source[299] == 299 and plan.source[300] == -1
+
+
+def test_zero_padding_fills_zeros() -> None:
+    image = np.full((4, 6, 3), 7, np.uint8)
+    spec = TileSpec(input_size=10, output_size=6, pad_mode="zero")
+    rows, cols = plan_axis(4, spec), plan_axis(6, spec)
+    window = gather_window(image, rows, cols, 0, 0, spec.input_size)
+    expected = np.zeros((10, 10, 3), np.uint8)
+    expected[2:6, 2:8] = 7
+    np.testing.assert_array_equal(window, expected)
+
+
+def test_reflect_padding_matches_numpy_pad() -> None:
+    image = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    spec = TileSpec(input_size=9, output_size=5)
+    rows, cols = plan_axis(5, spec), plan_axis(7, spec)
+    padded = np.pad(image, ((2, 2), (2, 7), (0, 0)), mode="reflect")
+    np.testing.assert_array_equal(gather_window(image, rows, cols, 0, 1, 9), padded[0:9, 5:14])
+
+
+def test_window_count() -> None:
+    assert window_count((1000, 1000), TileSpec(input_size=270, output_size=80)) == 13 * 13
+
+
+def test_wrong_output_shape_is_user_error() -> None:
+    spec = TileSpec(input_size=10, output_size=4)
+    with pytest.raises(UserError, match=r"'bad' has shape \(1, 5, 5, 1\)"):
+        predict_tiled(
+            np.zeros((4, 4, 3), np.uint8), lambda w: {"bad": np.zeros((len(w), 5, 5, 1), np.float32)}, spec, ArraySink(4)
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"input_size": 10, "output_size": 12}, "output_size <= input_size"),
+        ({"input_size": 10, "output_size": 5}, "must be even"),
+        ({"input_size": 10, "output_size": 10, "keep_margin": 5}, "keep_margin"),
+        ({"input_size": 10, "output_size": 10, "keep_margin": 2, "step": 7}, "step must be in"),
+        ({"input_size": 10, "output_size": 10, "pad_mode": "edge"}, "pad_mode"),
+    ],
+)
+def test_bad_spec_is_user_error(kwargs: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        TileSpec(**kwargs)
+
+
+def test_from_config_reads_optional_keys() -> None:
+    spec = TileSpec.from_config({"input_size": 208, "output_size": 208, "keep_margin": 40, "pad_mode": "zero"})
+    assert (spec.stride, spec.context, spec.pad_mode) == (128, 0, "zero")
