@@ -18,6 +18,15 @@ from misc.errors import UserError
 
 log = logging.getLogger(__name__)
 
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LABEL_EXTENSIONS = (".npy", ".png", ".tif", ".tiff", ".bmp", ".mat")
 
@@ -36,6 +45,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -57,6 +67,7 @@ def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Pa
         os.close(fd)
         try:
             yield Path(tmp)
+            os.chmod(tmp, _FILE_MODE)
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -189,3 +189,17 @@ def test_read_label_mat_names_the_available_keys(tmp_path):
     np.testing.assert_array_equal(read_label(tmp_path / "l.mat"), [[0, 4]])
     with pytest.raises(UserError, match=r"no variable 'labels'.*\['inst_map', 'type_map'\]"):
         read_label(tmp_path / "l.mat", key="labels")
+
+
+def test_atomic_write_gives_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    from misc.io import atomic_write
+
+    target = tmp_path / "perm.txt"
+    with atomic_write(target, "w") as handle:
+        handle.write("x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
