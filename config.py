@@ -64,9 +64,9 @@ def family_yaml(family: str) -> Path:
     return OPT_DIR / f"{family}.yaml"
 
 
-def load_family_defaults(family: str) -> tuple[dict, dict]:
-    """Read ``opt/<family>.yaml`` and split it into (defaults, profiles)."""
-    path = family_yaml(family)
+def load_family_defaults(family: str, defaults_path: str | os.PathLike | None = None) -> tuple[dict, dict]:
+    """Read ``opt/<family>.yaml`` (or ``defaults_path``) and split it into (defaults, profiles)."""
+    path = Path(defaults_path) if defaults_path is not None else family_yaml(family)
     data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
@@ -143,24 +143,27 @@ def load_config(
     profile: str | None = None,
     config_file: str | os.PathLike | None = None,
     overrides: Iterable[str] = (),
+    defaults_path: str | os.PathLike | None = None,
 ) -> dict:
     """Resolve a run's configuration.
 
     Order: ``opt/<family>.yaml`` defaults ← profile (default ``paper``) ← ``config_file``
-    ← each ``--set`` override in order.
+    ← each ``--set`` override in order. ``defaults_path`` replaces ``opt/<family>.yaml``
+    (families registered by plugins keep their defaults beside their code).
 
     Returns:
         The resolved configuration as plain dicts/lists/scalars, with ``family`` and
         ``profile`` keys added at the top level.
     """
-    defaults, profiles = load_family_defaults(family)
+    defaults, profiles = load_family_defaults(family, defaults_path)
+    source = Path(defaults_path) if defaults_path is not None else family_yaml(family)
     profile = profile or DEFAULT_PROFILE
     if profile not in profiles:
         close = difflib.get_close_matches(profile, list(profiles), n=1, cutoff=0.0)
         raise UserError(
-            f"{family_yaml(family)}: unknown profile '{profile}' (have {sorted(profiles)}; did you mean '{close[0]}'?)"
+            f"{source}: unknown profile '{profile}' (have {sorted(profiles)}; did you mean '{close[0]}'?)"
         )
-    cfg = merge(defaults, profiles[profile] or {}, f"{family_yaml(family)} profile '{profile}'")
+    cfg = merge(defaults, profiles[profile] or {}, f"{source} profile '{profile}'")
     if config_file is not None:
         cfg = merge(cfg, read_yaml(config_file) or {}, str(config_file))
     for text in overrides:

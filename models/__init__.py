@@ -1,25 +1,55 @@
 """Model families and their registry.
 
 Each family lives in ``models/<family>/`` and is registered here by one line: its name and
-the import path of its :class:`models.base.Family` subclass.
+the import path of its :class:`models.base.Family` subclass. Families outside the package
+(experiments, tests) register themselves from a plugin module: ``train.py --plugin
+my.module`` or ``HISTOSEG_PLUGINS=my.module,other.module`` imports the module, which calls
+:func:`register_family`.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import os
+from pathlib import Path
+
+from torch import nn
 
 from misc.errors import UserError
 from models.base import Family
 
 FAMILIES: dict[str, str] = {
     "hovernet": "models.hovernet.family:HoVerNetFamily",
+    "fullnet": "models.fullnet.family:FullNetFamily",
 }
+PLUGINS_ENV = "HISTOSEG_PLUGINS"
 
 
 def register_family(name: str, target: str | type[Family]) -> None:
     """Register a family by import path ``'package.module:Class'`` or by class."""
     FAMILIES[name] = target  # type: ignore[assignment]
+
+
+def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Import plugin modules that register families: ``modules`` plus ``$HISTOSEG_PLUGINS``.
+
+    ``$HISTOSEG_PLUGINS`` is a comma-separated list of module names.
+
+    Returns:
+        The module names imported, in order.
+
+    Raises:
+        UserError: a module cannot be imported (names it and the import error).
+    """
+    env = [name.strip() for name in os.environ.get(PLUGINS_ENV, "").split(",") if name.strip()]
+    names = list(dict.fromkeys([*env, *modules]))
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise UserError(f"plugin '{name}' cannot be imported ({err}); pass an importable module name") from None
+    return names
 
 
 def get_family(name: str) -> type[Family]:
@@ -37,3 +67,25 @@ def get_family(name: str) -> type[Family]:
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
     return target
+
+
+def defaults_path(name: str) -> Path | None:
+    """The family's defaults YAML when it keeps one outside ``opt/`` (see ``Family.default_config_path``)."""
+    path = get_family(name).default_config_path()
+    return Path(path) if path is not None else None
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
+    """A trained network in eval mode, from one of our checkpoints or an official HoVer-Net file.
+
+    Args:
+        path: ``checkpoints/best.pt``/``latest.pt`` written by ``train.py``, or a published
+            HoVer-Net ``.tar``/``.pth`` checkpoint.
+        device: where the network goes.
+
+    Raises:
+        UserError: the file is neither kind.
+    """
+    from misc.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, device)[1]

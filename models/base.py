@@ -7,7 +7,8 @@ A family subclasses :class:`Family` in ``models/<family>/`` and is registered by
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -21,10 +22,34 @@ class Family(ABC):
         cfg: the resolved configuration (see ``config.load_config``).
     """
 
+    #: The registered name (``models.FAMILIES`` key); checkpoints and raw files record it.
     name: ClassVar[str] = ""
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg
+        # Per-channel input statistics {'mean': [..], 'std': [..]} from fit_norm_stats, or None;
+        # restored from checkpoints, so predict/forward may read it.
+        self.norm_stats: dict | None = None
+
+    @classmethod
+    def default_config_path(cls) -> Path | None:
+        """Path of the family's defaults YAML; None means ``opt/<registered name>.yaml``."""
+        return None
+
+    @classmethod
+    def adopt_checkpoint(cls, checkpoint: Any, source: str) -> tuple[list[str], dict[str, torch.Tensor]] | None:
+        """Recognise a checkpoint released by the family's original authors.
+
+        Args:
+            checkpoint: what ``torch.load(source, weights_only=True)`` returned.
+            source: the file, for error messages.
+
+        Returns:
+            ``(overrides, state)``: ``--set``-style overrides of the family's defaults that
+            describe the released network (e.g. ``model.mode=fast``), and its state dict in
+            our parameter names; or None when the checkpoint is not this family's.
+        """
+        return None
 
     @abstractmethod
     def build_network(self) -> nn.Module:
@@ -36,7 +61,9 @@ class Family(ABC):
 
         The sample is ``{'image': (H, W, 3) uint8, 'inst_map': (H, W) int32,
         'type_map': (H, W) int32 (when typed)}`` (patch-label families get ``'labels'``).
-        The result holds ``'image'`` and every target the loss reads, as numpy arrays.
+        The result holds ``'image'`` ((H, W, 3) uint8 or (3, H, W) float32 in 0-255) and every
+        target the loss reads, as numpy arrays. The engine collates them, hands the network
+        ``batch['image']`` as (N, 3, H, W) float32 in 0-255 and the other entries as tensors.
         """
 
     @abstractmethod
@@ -69,6 +96,8 @@ class Family(ABC):
 
         Args:
             raw: the named (H, W, C) float maps ``predict`` produced, stitched over the image.
+            options: ``mag`` (the image's magnification; ``infer.py``/``process.py`` and
+                validation pass it) and ``postproc`` keys overriding ``self.cfg['postproc']``.
 
         Returns:
             Instance families: ``{'inst_map': (H, W) int32, 'type_map': (H, W) int32 or None,
@@ -82,7 +111,8 @@ class Family(ABC):
     def parameter_groups(self, net: nn.Module, phase: dict) -> list[dict]:
         """Optimiser parameter groups for a phase; modules named in ``phase['freeze']`` are frozen.
 
-        A frozen module also runs in eval mode (its batch-norm statistics stay fixed).
+        A frozen module also runs in eval mode (its batch-norm statistics stay fixed; see
+        :meth:`train_mode`, which the engine calls at the start of every epoch).
         """
         frozen = tuple(phase.get("freeze") or ())
         params = []
@@ -92,3 +122,52 @@ class Family(ABC):
             if trainable:
                 params.append(param)
         return [{"params": params}]
+
+    def train_mode(self, net: nn.Module, phase: dict) -> None:
+        """Put ``net`` in training mode for a phase; modules named in ``phase['freeze']`` run in eval mode."""
+        net.train()
+        frozen = tuple(phase.get("freeze") or ())
+        for name, module in net.named_modules():
+            if any(name == prefix or name.startswith(prefix + ".") for prefix in frozen):
+                module.eval()
+
+    def fit_norm_stats(self, images: Sequence[np.ndarray]) -> dict | None:
+        """Input normalisation statistics from the training images ((H, W, 3) uint8 each).
+
+        The default uses none (networks normalise inside ``forward``); families that
+        standardise inputs return ``{'mean': [3 floats], 'std': [3 floats]}`` in 0-255 units.
+        """
+        return None
+
+    def example_input(self) -> torch.Tensor:
+        """A (1, 3, S, S) float input for ``--summary``; S is ``infer.input_size``."""
+        size = int(self.cfg.get("infer", {}).get("input_size", 256))
+        return torch.zeros(1, 3, size, size)
+
+    def evaluate(self, result: dict[str, Any], sample: dict[str, Any]) -> dict[str, float]:
+        """Validation scores of one whole image; larger is better for every key.
+
+        Args:
+            result: what :meth:`postprocess` returned for the image.
+            sample: the ground truth, ``{'image', 'inst_map', 'type_map', ...}``.
+
+        Returns:
+            The default (instance families) gives ``metrics.instance_stats``: dice, dice2,
+            aji, aji_plus, dq, sq, pq (NaN where undefined, e.g. no nuclei on either side).
+        """
+        from metrics import instance_stats
+
+        return {key: float(value) for key, value in instance_stats(sample["inst_map"], result["inst_map"]).items()}
+
+    def overlay(self, image: np.ndarray, result: dict[str, Any]) -> np.ndarray | None:
+        """An (H, W, 3) uint8 picture of ``result`` over ``image`` for TensorBoard, or None.
+
+        The default draws instance boundaries of ``result['inst_map']`` in yellow.
+        """
+        if "inst_map" not in result:
+            return None
+        from skimage.segmentation import find_boundaries
+
+        picture = image.copy()
+        picture[find_boundaries(result["inst_map"], mode="inner")] = (255, 255, 0)
+        return picture

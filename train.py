@@ -1,0 +1,60 @@
+"""Train any registered model family.
+
+    python train.py --model hovernet --data synthetic --profile demo
+    python train.py --model hovernet --data consep_mat:/data/consep --out runs/consep
+    python train.py --model hovernet --out runs/consep --resume
+    torchrun --nproc_per_node 2 train.py --model hovernet --data consep_mat:/data/consep
+
+The loop itself lives in :mod:`misc.engine`; this script only parses arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from config import add_config_arguments, add_logging_arguments
+from misc.distributed import DEVICE_CHOICES
+from misc.engine import RunRequest, run
+from misc.errors import cli_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of ``train.py``."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="registered family name, e.g. hovernet")
+    parser.add_argument(
+        "--data", default=None,
+        help="'synthetic', KIND:ROOT (a loader.read_dataset kind and folder) or a patch folder/.h5 "
+        "from extract_patches.py; default: data.source of the config",
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--out", default=None, help="run folder (default runs/<family>-<UTC time>)")
+    parser.add_argument(
+        "--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+        help="continue from CHECKPOINT, or from <--out>/checkpoints/latest.pt when no path is given",
+    )
+    parser.add_argument("--summary", action="store_true", help="print the network's layer table and exit")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks CUDA when present")
+    parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+        help="import MODULE first so that it can register families (repeatable; also $HISTOSEG_PLUGINS)",
+    )
+    add_logging_arguments(parser)
+    return parser
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and train."""
+    args = build_parser().parse_args(argv)
+    run(RunRequest(
+        model=args.model, data=args.data, profile=args.profile, config=args.config, overrides=args.overrides,
+        out=args.out, resume=args.resume, summary=args.summary, device=args.device, num_threads=args.num_threads,
+        quiet=args.quiet, verbose=args.verbose, plugins=args.plugins,
+    ))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
