@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from misc.errors import UserError
-from models.hovernet.net import HoVerNet
+from models.hovernet.net import HoVerNet, geometry_for
 
 TYPE_INFO_DIR = Path(__file__).resolve().parents[2] / "opt" / "hovernet_type_info"
 UNPOOL_NAME = "upsample2x.unpool_mat"
@@ -324,3 +324,37 @@ def load_encoder_weights(net: HoVerNet, path: str | Path) -> list[str]:
         )
     net.load_state_dict(encoder_state, strict=False)
     return [name for name in expected if name not in encoder_state]
+
+
+def adopt_published_checkpoint(payload: object, source: str) -> tuple[list[str], dict[str, torch.Tensor]] | None:
+    """Config overrides and our-named state dict for a loaded official checkpoint.
+
+    Args:
+        payload: what ``torch.load(weights_only=True)`` returned for the file.
+        source: the file, for messages.
+
+    Returns:
+        ``(overrides, state)`` — ``model.mode``, ``model.nr_types`` and the published window
+        geometry as ``--set`` strings, and the state dict in our names — or None when the
+        payload is not a published HoVer-Net state dict.
+    """
+    if not isinstance(payload, Mapping):
+        return None
+    state = payload.get("desc", payload)
+    if not isinstance(state, Mapping) or MODE_PROBE_NAME not in strip_module_prefix(state):
+        return None
+    mode, nr_types = detect_config(state, source)
+    geometry = geometry_for(mode)
+    ours = from_published_state(state, source)
+    counters = {
+        name.replace("running_mean", "num_batches_tracked"): torch.zeros((), dtype=torch.long)
+        for name in ours
+        if name.endswith("running_mean")
+    }
+    overrides = [
+        f"model.mode={mode}",
+        f"model.nr_types={nr_types}",
+        f"infer.input_size={geometry.input_size}",
+        f"infer.output_size={geometry.output_size}",
+    ]
+    return overrides, {**counters, **ours}

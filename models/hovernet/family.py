@@ -1,7 +1,7 @@
 """The HoVer-Net family: network, targets, loss, prediction (optional dihedral TTA), post-processing.
 
 Configuration (``opt/hovernet.yaml``): ``model`` {mode, nr_types, encoder {units, width},
-pretrained, zero_init_hv}; ``targets`` {hv_min_area}; ``loss`` {dice_smooth, msge_kernel_size};
+decoder {width}, pretrained, zero_init_hv}; ``targets`` {hv_min_area}; ``loss`` {dice_smooth, msge_kernel_size};
 ``infer`` {input_size, output_size, tta, mag}; ``postproc`` (see
 :class:`models.hovernet.postproc.PostprocParams`).
 """
@@ -16,6 +16,7 @@ from torch import nn
 
 from misc.errors import UserError
 from models.base import Family
+from models.hovernet.checkpoint import adopt_published_checkpoint
 from models.hovernet.loss import hovernet_loss
 from models.hovernet.net import Geometry, HoVerNet, geometry_for
 from models.hovernet.postproc import PostprocParams, instances_from_np_hv, scale_params
@@ -53,6 +54,11 @@ class HoVerNetFamily(Family):
 
     name = "hovernet"
 
+    @classmethod
+    def adopt_checkpoint(cls, checkpoint: Any, source: str) -> tuple[list[str], dict[str, torch.Tensor]] | None:
+        """Recognise the official HoVer-Net checkpoints (``{'desc': state}``, ``module.`` allowed)."""
+        return adopt_published_checkpoint(checkpoint, source)
+
     def _geometry(self) -> Geometry:
         """The network's window geometry for ``model.mode``."""
         return geometry_for(str(self.cfg["model"]["mode"]))
@@ -84,6 +90,7 @@ class HoVerNetFamily(Family):
             units=tuple(int(n) for n in encoder.get("units", (3, 4, 6, 3))),
             width=float(encoder.get("width", 1.0)),
             pretrained=model.get("pretrained"),
+            decoder_width=float((model.get("decoder") or {}).get("width", 1.0)),
         )
         if model.get("zero_init_hv"):
             zero_init_hv_head(net)

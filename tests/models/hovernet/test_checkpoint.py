@@ -220,3 +220,16 @@ def test_pretrained_encoder_with_other_width_is_a_user_error(published_keys, tmp
     torch.save({"desc": {"conv0./.weight": torch.zeros(shapes["conv0./.weight"])}}, path)
     with pytest.raises(UserError, match=r"imagenet\.tar' does not fit the encoder.*stem\.conv\.weight"):
         HoVerNet(mode="fast", units=(1, 1, 1, 1), width=0.25, pretrained=path)
+
+
+def test_official_file_loads_through_the_shared_checkpoint_loader(published_keys, tmp_path):
+    from misc.checkpoint import load_checkpoint
+
+    state = random_state(published_keys["fast_types6"]["state"], seed=2)
+    path = tmp_path / "hovernet_fast_pannuke_type_tf2pytorch.tar"
+    torch.save({"desc": {f"module.{name}": t for name, t in state.items() if "num_batches" not in name}}, path)
+    family, net, meta = load_checkpoint(path)
+    assert meta["family"] == "hovernet" and family.name == "hovernet"
+    assert (meta["config"]["model"]["mode"], meta["config"]["model"]["nr_types"]) == ("fast", 6)
+    assert (meta["config"]["infer"]["input_size"], meta["config"]["infer"]["output_size"]) == (256, 164)
+    assert torch.equal(net.decoders["tp"].head.conv.weight, state["decoder.tp.u0.conv.weight"])
