@@ -335,11 +335,11 @@ class SampleDataset(torch.utils.data.Dataset):
 
 def seed_worker(worker_id: int) -> None:
     """``DataLoader(worker_init_fn=seed_worker)``: seed Python/NumPy global generators from
-    torch's per-worker seed (for code outside the per-item generators) and keep OpenCV to one
-    thread per worker."""
-    import cv2
+    torch's per-worker seed (for code outside the per-item generators).
 
+    OpenCV's thread count is deliberately not touched here: in a forked worker,
+    ``cv2.setNumThreads`` can deadlock on the parent's thread-pool lock.
+    """
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
-    cv2.setNumThreads(1)
