@@ -19,7 +19,7 @@ from typing import Sequence
 from config import add_logging_arguments, setup_logging
 from misc.errors import UserError, cli_main
 from misc.inference import process_folder
-from postproc.formats import FORMATS, load_type_info
+from postproc.formats import DEFAULT_FORMATS, FORMATS, load_type_info
 
 log = logging.getLogger("process")
 
@@ -29,8 +29,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python process.py", description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help="folder of .npz / raw.h5 written by infer.py (or one file)")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--formats", default=",".join(FORMATS),
-                        help=f"comma-separated subset of {','.join(FORMATS)} (default all)")
+    parser.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
+                        help=f"comma-separated subset of {','.join(FORMATS)} (default {','.join(DEFAULT_FORMATS)}; tif = 16-bit label map)")
     parser.add_argument("--gt", default=None, metavar="KIND:ROOT",
                         help="score against a dataset read by loader.read_dataset, e.g. monuseg:/data/monuseg")
     parser.add_argument("--workers", type=int, default=1, help="images post-processed in parallel (default 1)")

@@ -203,9 +203,12 @@ def sample_dict(sample: Any) -> dict[str, Any]:
     return out
 
 
-def build_train_dataset(family: Family, samples: Any, cfg: dict) -> Any:
+def build_train_dataset(family: Family, samples: Any, cfg: dict, cache_dir: Path | None = None) -> Any:
     """The training dataset: a random ``data.patch_size`` crop of each sample, then the
-    ``data.augment`` pipeline (preset name or op list), then the family's target builder."""
+    ``data.augment`` pipeline (preset name or op list), then the family's target builder.
+
+    A target builder with a ``cache_key`` (expensive per-sample maps such as weight maps)
+    gets its pre-augmentation maps cached under ``cache_dir``."""
     from loader.augment import build_augment, load_augment_preset
     from loader.datasets import SampleDataset
 
@@ -215,11 +218,14 @@ def build_train_dataset(family: Family, samples: Any, cfg: dict) -> Any:
     if patch:
         ops.insert(0, {"op": "crop", "size": [int(patch), int(patch)], "position": "random"})
     size = int(cfg["infer"]["input_size"])
+    builder = family.target_builder()
+    cached = cache_dir is not None and getattr(builder, "cache_key", None) is not None
     return SampleDataset(
         samples,
         augment=build_augment(ops, input_shape=(size, size)) if ops else None,
-        target_builder=family.target_builder(),
+        target_builder=builder,
         seed=int(cfg["train"]["seed"]),
+        cache_dir=cache_dir if cached else None,
     )
 
 
@@ -932,7 +938,7 @@ def run(request: RunRequest) -> TrainResult | None:
         family.norm_stats = resume.get("norm_stats") if resume is not None else family.fit_norm_stats(ImageView(train_samples))
         setup = Setup(
             family=family, net=net, cfg=cfg, run_dir=run_dir, device=device, info=info,
-            train_set=build_train_dataset(family, train_samples, cfg), val_samples=val_samples, quiet=request.quiet,
+            train_set=build_train_dataset(family, train_samples, cfg, run_dir / "cache"), val_samples=val_samples, quiet=request.quiet,
         )
         if info.is_main:
             config_module.write_run_record(run_dir, cfg)

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from misc.errors import UserError
 from misc.io import IMAGE_EXTENSIONS, atomic_write, read_image
+from postproc.formats import DEFAULT_FORMATS
 from misc.tiling import ArraySink, Predictor, TileSpec, predict_tiled, window_count
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def infer_image(
     Args:
         family: the :class:`models.base.Family` instance (its ``cfg['infer']`` sets the window).
         net: its network, already on ``device``; it runs in eval mode and its mode is restored.
-        image: (H, W, 3) uint8 RGB.
+        image: (H, W, 3) uint8 RGB, before the family's ``preprocess_image``.
         device: the network's device.
         batch_size: windows per forward pass (``None``: ``infer.batch_size``).
         tta: test-time augmentation on/off (``None``: ``infer.tta`` of the config).
@@ -129,6 +130,7 @@ def infer_image(
     family = with_infer_overrides(family, tta=tta)
     spec = TileSpec.from_config(family.cfg["infer"])
     sink = ArraySink(image.shape[0])
+    image = family.preprocess_image(image)
     with _eval_mode(net):
         predict_tiled(
             image, family_predictor(family, net, torch.device(device), amp_dtype), spec, sink,
@@ -386,6 +388,7 @@ def run_folder(
             bar.set_postfix_str(f"{path.name}: {window_count(image.shape[:2], spec)} windows")
             meta = _meta_arrays(family, image, path, infer_cfg.get("mag", 40))
             target = output_dir / (H5_NAME if output_format == "h5" else f"{path.stem}.npz")
+            image = family.preprocess_image(image)
             try:
                 if output_format == "h5":
                     _infer_h5(predict, image, spec, infer_cfg["batch_size"], h5file, path.stem, meta)
@@ -605,7 +608,7 @@ def score_predictions(
 def process_folder(
     input_path: str | os.PathLike,
     output_dir: str | os.PathLike,
-    formats: Iterable[str] = ("mat", "json", "geojson", "png"),
+    formats: Iterable[str] = DEFAULT_FORMATS,
     gt: str | None = None,
     workers: int = 1,
     type_info: dict | None = None,

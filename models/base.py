@@ -104,6 +104,17 @@ class Family(ABC):
             'inst_info': {id: {'bbox', 'centroid', 'contour', 'type', 'type_prob'}}}``.
         """
 
+    def preprocess_image(self, image: np.ndarray) -> np.ndarray:
+        """Whole-image preparation before tiled inference (e.g. colour normalisation).
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+
+        Returns:
+            (H, W, 3) uint8 RGB; the default returns ``image`` unchanged.
+        """
+        return image
+
     def forward(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training forward pass; the default feeds ``batch['image']`` to the network."""
         return net(batch["image"])

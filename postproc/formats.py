@@ -22,9 +22,10 @@ import numpy as np
 import scipy.io
 
 from misc.errors import UserError
-from misc.io import atomic_path, atomic_write, write_image
+from misc.io import atomic_path, atomic_write, write_image, write_label
 
-FORMATS = ("mat", "json", "geojson", "png")
+FORMATS = ("mat", "json", "geojson", "png", "tif")
+DEFAULT_FORMATS = ("mat", "json", "geojson", "png")
 TypeInfo = dict[int, tuple[str, tuple[int, int, int]]]
 
 UNTYPED_CLASS = ("nucleus", (255, 255, 0))
@@ -218,5 +219,7 @@ def _write_format(fmt: str, path: Path, result: Mapping[str, Any], image: np.nda
         write_geojson(path, result["inst_info"], type_info)
     elif fmt == "png":
         write_image(path, draw_overlay(image, result["inst_info"], type_info))
+    elif fmt == "tif":
+        write_label(path, result["inst_map"])
     else:
         raise UserError(f"unknown output format '{fmt}'; choose from {list(FORMATS)}")

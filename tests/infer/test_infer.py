@@ -145,3 +145,14 @@ def test_cli_unknown_checkpoint_format_is_a_one_line_error(tmp_path: Path, capsy
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and str(checkpoint) in err and len(err.splitlines()) == 1
+
+
+def test_family_preprocess_image_runs_before_tiling():
+    from misc.inference import infer_image
+    from tests.infer.toy_family import expected_np_prob, nuclei_image, toy_family
+
+    family, net = toy_family()
+    family.preprocess_image = lambda image: 255 - image
+    image = nuclei_image((40, 36))
+    maps = infer_image(family, net, image, "cpu")
+    np.testing.assert_allclose(maps["np_prob"], expected_np_prob(255 - image), atol=1e-6)

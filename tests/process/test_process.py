@@ -166,3 +166,16 @@ def test_bad_arguments_are_one_line_errors(raw_dir: Path, tmp_path: Path, capsys
     with pytest.raises(SystemExit) as exit_info:
         process.main(["--input", str(raw_dir), "--output", str(tmp_path / "out"), *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_tif_format_writes_the_instance_map_as_16_bit(tmp_path):
+    import tifffile
+
+    from postproc.formats import write_outputs
+
+    inst_map = np.zeros((6, 7), np.int32)
+    inst_map[1:3, 1:4] = 5
+    result = {"inst_map": inst_map, "type_map": None, "inst_info": {}}
+    (path,) = write_outputs(tmp_path, "a", result, np.zeros((6, 7, 3), np.uint8), 40, ["tif"])
+    written = tifffile.imread(path)
+    assert written.dtype == np.uint16 and np.array_equal(written, inst_map)
