@@ -16,8 +16,9 @@ import sys
 from typing import Sequence
 
 from config import add_logging_arguments, setup_logging
+from misc.distributed import resolve_device
 from misc.errors import UserError, cli_main
-from misc.inference import OUTPUT_FORMATS, resolve_device, run_folder
+from misc.inference import OUTPUT_FORMATS, run_folder
 
 log = logging.getLogger("infer")
 

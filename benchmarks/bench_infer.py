@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_postproc import synthetic_maps  # noqa: E402
 from config import load_config  # noqa: E402
 from misc.errors import cli_main  # noqa: E402
-from misc.inference import RawRef, infer_image, process_raw, resolve_device  # noqa: E402
+from misc.distributed import resolve_device  # noqa: E402
+from misc.inference import RawRef, infer_image, process_raw  # noqa: E402
 from misc.synthetic import generate_tile  # noqa: E402
 from models import get_family  # noqa: E402
 from postproc.formats import FORMATS  # noqa: E402

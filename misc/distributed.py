@@ -42,21 +42,27 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """The torch device for ``--device auto|cpu|cuda``.
+def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
+    """The torch device for ``--device auto|cpu|cuda|cuda:N``.
 
-    ``auto`` picks CUDA when present; with several processes each takes ``cuda:<local_rank>``.
+    ``auto`` (or None) picks CUDA when present; ``auto`` and ``cuda`` give each process of a
+    multi-process run ``cuda:<local_rank>``; ``cuda:N`` is taken as given.
 
     Raises:
-        UserError: unknown name, or ``cuda`` asked for on a machine without CUDA.
+        UserError: not a device name, or CUDA asked for on a machine without it.
     """
-    if name not in DEVICE_CHOICES:
-        raise UserError(f"--device '{name}': expected one of {list(DEVICE_CHOICES)}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+    name = "auto" if name is None else str(name)
+    try:
+        device = torch.device("cuda" if name == "auto" else name)
+    except RuntimeError:
+        raise UserError(f"--device '{name}': not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        if name == "auto":
+            return torch.device("cpu")
+        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
 
 
 def init_distributed(device: torch.device) -> DistInfo:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from misc.distributed import resolve_device
 from misc.errors import UserError
 from misc.io import IMAGE_EXTENSIONS, atomic_write, read_image
 from postproc.formats import DEFAULT_FORMATS
@@ -45,23 +46,6 @@ log = logging.getLogger(__name__)
 META_NAMES = ("family", "config", "mag", "source", "image")
 H5_NAME = "raw.h5"
 OUTPUT_FORMATS = ("npz", "h5")
-
-
-def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """``'auto'``/``None`` → CUDA when available, else CPU; any other name as given.
-
-    Raises:
-        UserError: a CUDA device is asked for but CUDA is not available.
-    """
-    if name is None or str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device '{name}': not a device name; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device '{name}': CUDA is not available on this machine; use --device cpu")
-    return device
 
 
 def with_infer_overrides(family: Any, **overrides: Any) -> Any:
