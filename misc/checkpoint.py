@@ -33,7 +33,7 @@ from misc.io import atomic_write
 
 CHECKPOINT_KEYS = ("model", "family", "config")
 # Keys of the ``model`` config section that do not change the network's layout.
-NON_ARCHITECTURE_KEYS = ("pretrained",)
+NON_ARCHITECTURE_KEYS = ("pretrained", "zero_init_hv")
 
 
 def rng_state() -> dict:

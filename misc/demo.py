@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -68,7 +69,8 @@ def run_demo(out: Path, n_tiles: int = 4, num_threads: int | None = None, overri
     """Train, infer, process and score; return the summary printed as JSON."""
     from misc.checkpoint import load_checkpoint
     from misc.engine import RunRequest, run
-    from misc.inference import process_folder, resolve_device, run_folder
+    from misc.distributed import resolve_device
+    from misc.inference import process_folder, run_folder
     from misc.synthetic import write_dataset
 
     start = time.perf_counter()
@@ -84,9 +86,10 @@ def run_demo(out: Path, n_tiles: int = 4, num_threads: int | None = None, overri
     checkpoint = out / "train" / "checkpoints" / "best.pt"
     family, net, _ = load_checkpoint(checkpoint, device)
     run_folder(family, net, heldout / "images", out / "raw", device, show_progress=False)
-    report = process_folder(
-        out / "raw", out / "pred", formats=("mat", "geojson", "png"), gt=f"folder:{heldout}", show_progress=False
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # the scoring table; stdout carries only the JSON line
+        report = process_folder(
+            out / "raw", out / "pred", formats=("mat", "geojson", "png"), gt=f"folder:{heldout}", show_progress=False
+        )
     means = json.loads(report.metric_files[-1].read_text())["mean"]
     hovernet = {key: means[key]["mean"] for key in ("pq", "dice", "aji")}
     baseline = baseline_scores(out / "raw", heldout)

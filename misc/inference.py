@@ -35,7 +35,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from misc.distributed import resolve_device
 from misc.errors import UserError
 from misc.io import IMAGE_EXTENSIONS, atomic_write, read_image
 from postproc.formats import DEFAULT_FORMATS

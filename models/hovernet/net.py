@@ -199,17 +199,20 @@ class ResidualGroup(nn.Module):
 
 
 class DenseUnit(nn.Module):
-    """BN-ReLU 1x1 conv (128) -> BN-ReLU k x k valid grouped conv (32 new channels)."""
+    """BN-ReLU 1x1 conv (``mid_ch``, published 128) -> BN-ReLU k x k valid grouped conv
+    (``growth`` new channels, published 32; 4 groups)."""
 
-    def __init__(self, in_ch: int, ksize: int) -> None:
+    def __init__(
+        self, in_ch: int, ksize: int, mid_ch: int = DENSE_BOTTLENECK_CHANNELS, growth: int = DENSE_GROWTH
+    ) -> None:
         super().__init__()
         self.preact_bn = nn.BatchNorm2d(in_ch, eps=BN_EPS)
-        self.conv1 = nn.Conv2d(in_ch, DENSE_BOTTLENECK_CHANNELS, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(DENSE_BOTTLENECK_CHANNELS, eps=BN_EPS)
-        self.conv2 = nn.Conv2d(DENSE_BOTTLENECK_CHANNELS, DENSE_GROWTH, ksize, groups=DENSE_GROUPS, bias=False)
+        self.conv1 = nn.Conv2d(in_ch, mid_ch, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid_ch, eps=BN_EPS)
+        self.conv2 = nn.Conv2d(mid_ch, growth, ksize, groups=DENSE_GROUPS, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_ch, H, W) -> (N, 32, H - k + 1, W - k + 1)."""
+        """(N, in_ch, H, W) -> (N, growth, H - k + 1, W - k + 1)."""
         x = self.conv1(F.relu(self.preact_bn(x)))
         return self.conv2(F.relu(self.bn1(x)))
 
@@ -217,14 +220,16 @@ class DenseUnit(nn.Module):
 class DenseBlock(nn.Module):
     """Dense block of valid units; earlier features are centre-cropped before concatenation."""
 
-    def __init__(self, in_ch: int, nr_units: int, ksize: int) -> None:
+    def __init__(
+        self, in_ch: int, nr_units: int, ksize: int, mid_ch: int = DENSE_BOTTLENECK_CHANNELS, growth: int = DENSE_GROWTH
+    ) -> None:
         super().__init__()
-        self.units = nn.ModuleList(DenseUnit(in_ch + idx * DENSE_GROWTH, ksize) for idx in range(nr_units))
-        self.out_ch = in_ch + nr_units * DENSE_GROWTH
+        self.units = nn.ModuleList(DenseUnit(in_ch + idx * growth, ksize, mid_ch, growth) for idx in range(nr_units))
+        self.out_ch = in_ch + nr_units * growth
         self.out_bn = nn.BatchNorm2d(self.out_ch, eps=BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_ch, H, W) -> (N, in_ch + 32 * units, H - units * (k - 1), W - units * (k - 1))."""
+        """(N, in_ch, H, W) -> (N, in_ch + growth * units, H - units * (k - 1), W - units * (k - 1))."""
         for unit in self.units:
             new = unit(x)
             x = torch.cat([centre_crop(x, new.shape[-2], new.shape[-1]), new], dim=1)
@@ -234,10 +239,18 @@ class DenseBlock(nn.Module):
 class DenseStage(nn.Module):
     """Decoder stage ``up3`` / ``up2``: valid k x k conv -> dense block -> 1x1 conv."""
 
-    def __init__(self, in_ch: int, mid_ch: int, nr_units: int, out_ch: int, ksize: int) -> None:
+    def __init__(
+        self, in_ch: int, mid_ch: int, nr_units: int, out_ch: int, ksize: int, dense_width: float = 1.0
+    ) -> None:
         super().__init__()
         self.conv_in = nn.Conv2d(in_ch, mid_ch, ksize, bias=False)
-        self.dense = DenseBlock(mid_ch, nr_units, ksize)
+        self.dense = DenseBlock(
+            mid_ch,
+            nr_units,
+            ksize,
+            mid_ch=grouped_channels(DENSE_BOTTLENECK_CHANNELS, dense_width),
+            growth=grouped_channels(DENSE_GROWTH, dense_width),
+        )
         self.conv_out = nn.Conv2d(self.dense.out_ch, out_ch, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -279,15 +292,22 @@ class Decoder(nn.Module):
             channels of the skip it is summed with (512 / 256 at full width, as published).
         out_ch: channels of the logits.
         ksize: decoder kernel side (5 original / 3 fast).
+        width: multiplier of the decoder's own channel counts (stage convs 256 / 128 / 64,
+            dense bottleneck 128 and growth 32, the last two rounded to multiples of the 4
+            groups); 1.0 = published. Dense unit counts and kernels, hence the windows,
+            do not change.
     """
 
-    def __init__(self, skip_channels: Sequence[int], out_ch: int, ksize: int) -> None:
+    def __init__(self, skip_channels: Sequence[int], out_ch: int, ksize: int, width: float = 1.0) -> None:
         super().__init__()
         d0_ch, d1_ch, d2_ch = skip_channels
-        self.up3 = DenseStage(d2_ch, UP3_CHANNELS, UP3_DENSE_UNITS, d1_ch, ksize)
-        self.up2 = DenseStage(d1_ch, UP2_CHANNELS, UP2_DENSE_UNITS, d0_ch, ksize)
-        self.up1 = SameConvStage(d0_ch, UP1_CHANNELS, ksize)
-        self.head = Head(UP1_CHANNELS, out_ch)
+        up3_ch = scaled_channels(UP3_CHANNELS, width)
+        up2_ch = scaled_channels(UP2_CHANNELS, width)
+        up1_ch = scaled_channels(UP1_CHANNELS, width)
+        self.up3 = DenseStage(d2_ch, up3_ch, UP3_DENSE_UNITS, d1_ch, ksize, width)
+        self.up2 = DenseStage(d1_ch, up2_ch, UP2_DENSE_UNITS, d0_ch, ksize, width)
+        self.up1 = SameConvStage(d0_ch, up1_ch, ksize)
+        self.head = Head(up1_ch, out_ch)
 
     def forward(self, d0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
         """Encoder maps (finest first) and bottleneck map -> (N, out_ch, h, w) logits."""
@@ -304,6 +324,11 @@ def scaled_channels(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
+def grouped_channels(channels: int, width: float) -> int:
+    """``channels * width`` rounded to a multiple of the dense units' 4 conv groups, at least 4."""
+    return DENSE_GROUPS * max(1, round(channels * width / DENSE_GROUPS))
+
+
 class HoVerNet(nn.Module):
     """HoVer-Net with NP, HV and (when ``nr_types`` > 0) TP branches.
 
@@ -312,8 +337,10 @@ class HoVerNet(nn.Module):
         mode: ``'original'`` (270 -> 80 px, 5x5 decoder) or ``'fast'`` (256 -> 164 px, 3x3).
         units: residual units per encoder group (published: 3, 4, 6, 3).
         width: multiplier of every encoder channel count (stem, bottleneck mid and output
-            channels); the decoders keep their published widths, only the convs reading or
-            summed with encoder maps follow the encoder's channels. 1.0 = published.
+            channels); the convs reading or summed with encoder maps follow the encoder's
+            channels. 1.0 = published.
+        decoder_width: multiplier of the decoders' own channel counts (see :class:`Decoder`);
+            the decoders dominate the cost of a narrow encoder. 1.0 = published.
         pretrained: path of ImageNet pre-activation ResNet-50 weights for the stem and encoder,
             as the official ``ImageNet-ResNet50-Preact_pytorch.tar`` stores them (read
             locally, nothing is downloaded); None = random initialisation.
@@ -331,9 +358,10 @@ class HoVerNet(nn.Module):
         units: Sequence[int] = DEFAULT_UNITS,
         width: float = 1.0,
         pretrained: str | Path | None = None,
+        decoder_width: float = 1.0,
     ) -> None:
         super().__init__()
-        _check_options(nr_types, units, width)
+        _check_options(nr_types, units, width, decoder_width)
         self.geometry = geometry_for(mode)
         self.nr_types = nr_types
         self.encoder_frozen = False
@@ -352,7 +380,10 @@ class HoVerNet(nn.Module):
         self.bottleneck = nn.Conv2d(out_chs[3], out_chs[2], 1, bias=False)
         branch_channels = {"np": 2, "hv": 2, **({"tp": nr_types} if nr_types else {})}
         self.decoders = nn.ModuleDict(
-            {name: Decoder(out_chs[:3], ch, self.geometry.decoder_ksize) for name, ch in branch_channels.items()}
+            {
+                name: Decoder(out_chs[:3], ch, self.geometry.decoder_ksize, decoder_width)
+                for name, ch in branch_channels.items()
+            }
         )
         self._init_weights()
         if pretrained is not None:
@@ -426,7 +457,7 @@ class HoVerNet(nn.Module):
         yield from self.decoders.parameters()
 
 
-def _check_options(nr_types: int, units: Sequence[int], width: float) -> None:
+def _check_options(nr_types: int, units: Sequence[int], width: float, decoder_width: float) -> None:
     """Raise :class:`UserError` for constructor options no HoVer-Net can have."""
     if nr_types < 0 or nr_types == 1:
         raise UserError(f"model.nr_types must be 0 (no type branch) or >= 2 (types incl. background), got {nr_types}")
@@ -434,6 +465,8 @@ def _check_options(nr_types: int, units: Sequence[int], width: float) -> None:
         raise UserError(f"model.units must be 4 positive unit counts (published: [3, 4, 6, 3]), got {list(units)}")
     if not width > 0:
         raise UserError(f"model.width must be > 0 (1.0 = published widths), got {width}")
+    if not decoder_width > 0:
+        raise UserError(f"model.decoder_width must be > 0 (1.0 = published widths), got {decoder_width}")
 
 
 def summary(net: nn.Module, input_size: int | tuple[int, int]) -> str:

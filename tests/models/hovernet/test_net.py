@@ -228,13 +228,38 @@ def test_width_scales_encoder_channels_only():
     assert net.decoders["np"].up3.conv_out.out_channels == 128
 
 
+def test_decoder_width_scales_decoder_channels_only():
+    net = HoVerNet(mode="fast", decoder_width=0.25, **TINY)
+    decoder = net.decoders["hv"]
+    assert decoder.up3.conv_in.out_channels == 64
+    assert decoder.up3.dense.units[0].conv1.out_channels == 32
+    assert decoder.up3.dense.units[0].conv2.out_channels == 8
+    assert decoder.up3.dense.out_ch == 64 + 8 * 8
+    assert decoder.up2.conv_in.out_channels == 32
+    assert decoder.up2.conv_out.out_channels == 64
+    assert decoder.up1.conv_in.out_channels == 16
+    assert decoder.head.conv.in_channels == 16
+    assert net.bottleneck.out_channels == 256
+
+
+def test_decoder_width_keeps_the_windows():
+    net = HoVerNet(nr_types=3, mode="fast", decoder_width=0.25, **TINY).eval()
+    with torch.no_grad():
+        out = net(torch.zeros(1, 3, 96, 104))
+    assert {name: tuple(o.shape) for name, o in out.items()} == {
+        "np": (1, 2, 4, 12), "hv": (1, 2, 4, 12), "tp": (1, 3, 4, 12),
+    }
+
+
 def test_wrong_image_shape_is_a_user_error():
     net = HoVerNet(mode="fast", **TINY)
     with pytest.raises(UserError, match=r"\(N, 3, H, W\)"):
         net(torch.zeros(1, 1, 96, 96))
 
 
-@pytest.mark.parametrize("options", [{"nr_types": 1}, {"units": (1, 1, 1)}, {"width": 0.0}])
+@pytest.mark.parametrize(
+    "options", [{"nr_types": 1}, {"units": (1, 1, 1)}, {"width": 0.0}, {"decoder_width": 0.0}]
+)
 def test_impossible_options_are_user_errors(options):
     with pytest.raises(UserError, match="model\\."):
         HoVerNet(**options)
