@@ -1,6 +1,6 @@
 """The main job on the built-in default, end to end on synthetic H&E tiles.
 
-    python -m misc.demo [--out runs/demo] [--tiles 4] [--num-threads N]
+    python -m misc.demo [--out DIR] [--tiles 4] [--num-threads N]
 
 1. trains the ``demo`` profile of HoVer-Net on synthetic tiles generated on the fly
    (``train.py --model hovernet --data synthetic --profile demo``);
@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from config import setup_logging
+from misc.engine import default_run_dir
 from misc.errors import cli_main
 
 HELDOUT_SEED = 1_000_003
@@ -109,14 +110,15 @@ def run_demo(out: Path, n_tiles: int = 4, num_threads: int | None = None, overri
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the demo, print one JSON line."""
     parser = argparse.ArgumentParser(prog="python -m misc.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="work folder (default runs/demo)")
+    parser.add_argument("--out", type=Path, default=None, help="new work folder (default runs/demo-<UTC time>)")
     parser.add_argument("--tiles", type=int, default=4, help="held-out synthetic tiles to score (default 4)")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the demo profile (repeatable)")
     args = parser.parse_args(argv)
     setup_logging(None, quiet=True)
-    summary = run_demo(args.out, args.tiles, args.num_threads, tuple(args.overrides))
+    out = args.out or default_run_dir("demo")
+    summary = run_demo(out, args.tiles, args.num_threads, tuple(args.overrides))
     print(json.dumps(summary), file=sys.stdout)
     return 0
 

@@ -26,7 +26,7 @@ def test_registered_under_hovernet():
     assert get_family("hovernet") is HoVerNetFamily
 
 
-@pytest.mark.parametrize("profile, windows", [("paper", (270, 80)), ("cpu", (192, 100)), ("demo", (256, 164))])
+@pytest.mark.parametrize("profile, windows", [("paper", (270, 80)), ("cpu", (256, 164)), ("demo", (256, 164))])
 def test_every_profile_has_matching_windows(profile, windows):
     builder = HoVerNetFamily(load_config("hovernet", profile)).target_builder()
     assert (builder.input_size, builder.output_size) == windows
