@@ -15,6 +15,11 @@ import torch
 from torch import nn
 
 
+def under_prefix(name: str, prefixes: Sequence[str]) -> bool:
+    """Whether a dotted module/parameter ``name`` is one of ``prefixes`` or lies under one."""
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
 class Family(ABC):
     """Base class of a model family.
 
@@ -119,27 +124,31 @@ class Family(ABC):
         """Training forward pass; the default feeds ``batch['image']`` to the network."""
         return net(batch["image"])
 
+    def frozen_prefixes(self, phase: dict) -> list[str]:
+        """Module-name prefixes frozen in ``phase`` (its ``freeze`` list)."""
+        return [str(prefix) for prefix in phase.get("freeze") or ()]
+
     def parameter_groups(self, net: nn.Module, phase: dict) -> list[dict]:
-        """Optimiser parameter groups for a phase; modules named in ``phase['freeze']`` are frozen.
+        """Optimiser parameter groups for a phase; modules under :meth:`frozen_prefixes` are frozen.
 
         A frozen module also runs in eval mode (its batch-norm statistics stay fixed; see
         :meth:`train_mode`, which the engine calls at the start of every epoch).
         """
-        frozen = tuple(phase.get("freeze") or ())
+        frozen = self.frozen_prefixes(phase)
         params = []
         for name, param in net.named_parameters():
-            trainable = not any(name == prefix or name.startswith(prefix + ".") for prefix in frozen)
+            trainable = not under_prefix(name, frozen)
             param.requires_grad_(trainable)
             if trainable:
                 params.append(param)
         return [{"params": params}]
 
     def train_mode(self, net: nn.Module, phase: dict) -> None:
-        """Put ``net`` in training mode for a phase; modules named in ``phase['freeze']`` run in eval mode."""
+        """Put ``net`` in training mode for a phase; modules under :meth:`frozen_prefixes` run in eval mode."""
         net.train()
-        frozen = tuple(phase.get("freeze") or ())
+        frozen = self.frozen_prefixes(phase)
         for name, module in net.named_modules():
-            if any(name == prefix or name.startswith(prefix + ".") for prefix in frozen):
+            if under_prefix(name, frozen):
                 module.eval()
 
     def fit_norm_stats(self, images: Sequence[np.ndarray]) -> dict | None:

@@ -27,11 +27,6 @@ from postproc.instances import instance_info, instance_type_map
 ENCODER_PREFIX = "encoder"
 
 
-def _matches(name: str, prefixes: list[str]) -> bool:
-    """Whether a dotted module/parameter name is one of ``prefixes`` or lies under one."""
-    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
-
-
 def zero_init_hv_head(net: nn.Module) -> None:
     """Zero the final 1x1 conv of the HV branch so training starts from HV = 0.
 
@@ -166,25 +161,19 @@ class HoVerNetFamily(Family):
         type_map = instance_type_map(inst_map, info) if type_prob is not None else None
         return {"inst_map": inst_map, "type_map": type_map, "inst_info": info}
 
+    def frozen_prefixes(self, phase: dict) -> list[str]:
+        """Prefixes frozen the generic way: all but ``encoder``, which uses the published freeze."""
+        return [prefix for prefix in super().frozen_prefixes(phase) if prefix != ENCODER_PREFIX]
+
     def parameter_groups(self, net: nn.Module, phase: dict) -> list[dict]:
         """Trainable parameters of a phase; ``encoder`` in ``freeze`` uses the net's published freeze."""
-        freeze = [str(prefix) for prefix in phase.get("freeze") or ()]
-        others = [prefix for prefix in freeze if prefix != ENCODER_PREFIX]
-        published = ENCODER_PREFIX in freeze
-        frozen_ids = {id(param) for param in net.frozen_encoder_parameters()} if published else set()
+        published = ENCODER_PREFIX in super().frozen_prefixes(phase)
         net.freeze_encoder(published)
-        params = []
-        for name, param in net.named_parameters():
-            trainable = id(param) not in frozen_ids and not _matches(name, others)
-            param.requires_grad_(trainable)
-            if trainable:
-                params.append(param)
-        return [{"params": params}]
-
-    def train_mode(self, net: nn.Module, phase: dict) -> None:
-        """Training mode; modules frozen by prefixes other than ``encoder`` run in eval mode."""
-        net.train()
-        others = [str(prefix) for prefix in phase.get("freeze") or () if prefix != ENCODER_PREFIX]
-        for name, module in net.named_modules():
-            if _matches(name, others):
-                module.eval()
+        groups = super().parameter_groups(net, phase)
+        if not published:
+            return groups
+        frozen = list(net.frozen_encoder_parameters())
+        frozen_ids = {id(param) for param in frozen}
+        for param in frozen:
+            param.requires_grad_(False)
+        return [{"params": [param for param in groups[0]["params"] if id(param) not in frozen_ids]}]
