@@ -506,15 +506,16 @@ def process_raw(
 ) -> tuple[str, int, np.ndarray | None, np.ndarray | None]:
     """Post-process one raw prediction with its family's hook and write ``formats``.
 
-    The family is rebuilt from the name and config stored in the raw file; the stored
-    magnification is passed to ``postprocess`` as ``mag``.
+    The family is rebuilt from the name and config stored in the raw file (plugin families
+    through ``$HISTOSEG_PLUGINS``); the stored magnification is passed to ``postprocess`` as ``mag``.
 
     Returns:
         ``(name, mag, inst_map, type_map)``; the maps only when ``keep_maps`` (for scoring).
     """
-    from models import get_family
+    from models import get_family, load_plugins
     from postproc.formats import write_outputs
 
+    load_plugins()  # families registered by $HISTOSEG_PLUGINS modules (processes start fresh)
     raw = ref.load()
     family = get_family(raw.family)(raw.config)
     result = family.postprocess(raw.maps, mag=raw.mag)
