@@ -49,7 +49,7 @@ def test_unknown_family_is_refused():
 
 
 def test_unknown_data_kind_is_refused(tmp_path):
-    line = _refused("--model", "toy_cascade", "--data", f"consep_matt:{tmp_path}")
+    line = _refused("--model", "toy_cascade", "--data", f"consep_matt:{tmp_path}", "--out", tmp_path / "run")
     assert "consep_matt" in line
 
 
@@ -73,8 +73,9 @@ def test_existing_run_folder_without_resume_is_refused(cascade_checkpoint):
     assert "already holds a run" in line and "--resume" in line
 
 
-def test_empty_dataset_is_refused():
-    line = _refused("--model", "toy_cascade", "--data", "synthetic", "--set", "data.synthetic.n_train=0")
+def test_empty_dataset_is_refused(tmp_path):
+    line = _refused("--model", "toy_cascade", "--data", "synthetic", "--set", "data.synthetic.n_train=0",
+                    "--out", tmp_path / "run")
     assert "no training samples" in line
 
 
