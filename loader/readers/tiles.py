@@ -48,6 +48,21 @@ RCC_CLASSES = ("grade 1", "grade 2", "grade 3", "endothelial")
 CPM15_MAGNIFICATION = {f"image{i:02d}": (20 if i <= 7 else 40) for i in range(1, 16)}
 
 
+def read_mat_pair(image_path: Path, mat_path: Path, inst_key: str, type_key: str, allow_grey: bool) -> Arrays:
+    """An image and its ``.mat`` label file holding an instance map and a type map.
+
+    Raises:
+        UserError: a missing variable, a non-integer map, or a shape that differs from the image's.
+    """
+    image = read_image(image_path, allow_grey)
+    mat = load_mat(mat_path, [inst_key, type_key])
+    inst_map = as_label(mat[inst_key], mat_path, inst_key)
+    type_map = as_label(mat[type_key], mat_path, type_key)
+    check_shape(inst_map, image, mat_path, image_path)
+    check_shape(type_map, image, mat_path, image_path)
+    return Arrays(image, inst_map, type_map)
+
+
 def _part_name(part: str | None, stem: str) -> str:
     """Sample name: the stem, prefixed with ``<part>_`` when read from a split sub-folder
     whose name the stem does not already start with."""
@@ -76,13 +91,7 @@ def read_consep_mat(root: Path, split: str | None, *, allow_grey: bool = False, 
         for image_path, mat_path in zip(images, match_by_stem(images, labels_dir, [".mat"], "label .mat")):
 
             def load(image_path: Path = image_path, mat_path: Path = mat_path) -> Arrays:
-                image = read_image(image_path, allow_grey)
-                mat = load_mat(mat_path, ["inst_map", "type_map"])
-                inst_map = as_label(mat["inst_map"], mat_path, "inst_map")
-                type_map = as_label(mat["type_map"], mat_path, "type_map")
-                check_shape(inst_map, image, mat_path, image_path)
-                check_shape(type_map, image, mat_path, image_path)
-                arrays = Arrays(image, inst_map, type_map)
+                arrays = read_mat_pair(image_path, mat_path, "inst_map", "type_map", allow_grey)
                 return merge.apply(arrays, CONSEP_CLASSES)[0] if merge else arrays
 
             name = _part_name(part, image_path.stem)
@@ -209,13 +218,7 @@ def read_rcc(
         for image_path, mat_path in zip(tiles, match_by_stem(tiles, labels_dir, [".mat"], "label .mat")):
 
             def load(image_path: Path = image_path, mat_path: Path = mat_path) -> Arrays:
-                image = read_image(image_path, allow_grey)
-                mat = load_mat(mat_path, ["instance_map", "class_map"])
-                inst_map = as_label(mat["instance_map"], mat_path, "instance_map")
-                type_map = as_label(mat["class_map"], mat_path, "class_map")
-                check_shape(inst_map, image, mat_path, image_path)
-                check_shape(type_map, image, mat_path, image_path)
-                return Arrays(image, inst_map, type_map)
+                return read_mat_pair(image_path, mat_path, "instance_map", "class_map", allow_grey)
 
             name = _part_name(part, image_path.stem)
             records.append(Record(name, image_path, load, MPP_40X, class_names=RCC_CLASSES))
