@@ -5,7 +5,7 @@ blurred foreground mask + Gaussian noise, HV = exact HV targets + Gaussian noise
 JSON line: median milliseconds of the watershed stage (``instances_from_np_hv``) and of the
 whole post-processing (with bbox/centroid/contour/type per instance), the nucleus counts and
 the PQ of the result against the known map. ``--reference`` also times, in the same process,
-the published implementation's structure written plainly (skimage ``remove_small_objects``,
+the published implementation's structure written plainly (the test oracle of ``tests/models/hovernet/test_postproc.py``,
 scipy ``binary_fill_holes``, OpenCV ``Sobel``; per instance a full-image mask, bounding box,
 ``cv2.moments`` and ``cv2.findContours``, ``np.unique`` type vote), so both run under the same load.
 
@@ -23,9 +23,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy import ndimage
-from skimage.morphology import remove_small_objects
-from skimage.segmentation import watershed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,6 +32,7 @@ from misc.synthetic import generate_tile  # noqa: E402
 from models.hovernet.postproc import PostprocParams, instances_from_np_hv  # noqa: E402
 from models.hovernet.targets import hv_map  # noqa: E402
 from postproc.instances import instance_info  # noqa: E402
+from tests.models.hovernet.test_postproc import reference_instances  # noqa: E402  (the published steps, as the tests check them)
 
 
 def synthetic_maps(seed: int, size: int, density: float, noise: float) -> dict[str, np.ndarray]:
@@ -51,21 +49,6 @@ def synthetic_maps(seed: int, size: int, density: float, noise: float) -> dict[s
     hv = np.moveaxis(hv_map(inst_map), 0, -1) + rng.normal(0, noise, (size, size, 2))
     tp_prob = np.eye(4, dtype=np.float32)[type_map] + rng.uniform(0, noise, (size, size, 4)).astype(np.float32)
     return {"inst_map": inst_map, "np_prob": np_prob, "hv": hv.astype(np.float32), "tp_prob": tp_prob}
-
-
-def reference_instances(np_prob: np.ndarray, hv: np.ndarray) -> np.ndarray:
-    """(H, W) int32 instances by the published ``__proc_np_hv`` steps, written plainly."""
-    blb = remove_small_objects(ndimage.label(np_prob[..., 0] >= 0.5)[0], max_size=9) > 0
-    h = cv2.normalize(hv[..., 0], None, 0, 1, cv2.NORM_MINMAX, cv2.CV_32F)
-    v = cv2.normalize(hv[..., 1], None, 0, 1, cv2.NORM_MINMAX, cv2.CV_32F)
-    sobel_h = 1 - cv2.normalize(cv2.Sobel(h, cv2.CV_64F, 1, 0, ksize=21), None, 0, 1, cv2.NORM_MINMAX, cv2.CV_32F)
-    sobel_v = 1 - cv2.normalize(cv2.Sobel(v, cv2.CV_64F, 0, 1, ksize=21), None, 0, 1, cv2.NORM_MINMAX, cv2.CV_32F)
-    overall = np.clip(np.maximum(sobel_h, sobel_v) - (1 - blb), 0, None)
-    dist = -cv2.GaussianBlur((1.0 - overall) * blb, (3, 3), 0)
-    marker = ndimage.binary_fill_holes(blb & (overall < 0.4)).astype(np.uint8)
-    marker = cv2.morphologyEx(marker, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
-    marker = remove_small_objects(ndimage.label(marker)[0], max_size=9)
-    return watershed(dist, marker, mask=blb).astype(np.int32)
 
 
 def reference_info(inst_map: np.ndarray, type_map: np.ndarray) -> dict[int, dict]:
@@ -125,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference:
         type_map = maps["tp_prob"].argmax(-1)
         reference = {
-            "reference_watershed_ms": round(median_ms(lambda: reference_instances(maps["np_prob"], maps["hv"]), args.repeats), 1),
+            "reference_watershed_ms": round(median_ms(lambda: reference_instances(maps["np_prob"][..., 0], maps["hv"]), args.repeats), 1),
             "reference_with_info_ms": round(median_ms(
-                lambda: reference_info(reference_instances(maps["np_prob"], maps["hv"]), type_map), args.repeats
+                lambda: reference_info(reference_instances(maps["np_prob"][..., 0], maps["hv"]), type_map), args.repeats
             ), 1),
         }
     print(json.dumps({
