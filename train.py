@@ -3,6 +3,7 @@
     python train.py --model hovernet --data synthetic --profile demo
     python train.py --model hovernet --data consep_mat:/data/consep --out runs/consep
     python train.py --model hovernet --out runs/consep --resume
+    python train.py --model fullnet --data monuseg:/data/monuseg --anchor /data/anchor.tif
     torchrun --nproc_per_node 2 train.py --model hovernet --data consep_mat:/data/consep
 
 The loop itself lives in :mod:`misc.engine`; this script only parses arguments.
@@ -11,6 +12,7 @@ The loop itself lives in :mod:`misc.engine`; this script only parses arguments.
 from __future__ import annotations
 
 import argparse
+import json
 
 from config import add_config_arguments, add_logging_arguments
 from misc.distributed import DEVICE_CHOICES
@@ -33,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
         help="continue from CHECKPOINT, or from <--out>/checkpoints/latest.pt when no path is given",
     )
+    parser.add_argument(
+        "--anchor", default=None, metavar="IMAGE",
+        help="colour-normalisation anchor image whose statistics become the target (families with "
+        "model.reinhard_anchor, e.g. fullnet; same as --set model.reinhard_anchor=IMAGE)",
+    )
     parser.add_argument("--summary", action="store_true", help="print the network's layer table and exit")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks CUDA when present")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -48,8 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and train."""
     args = build_parser().parse_args(argv)
+    overrides = list(args.overrides or [])
+    if args.anchor is not None:
+        overrides.append(f"model.reinhard_anchor={json.dumps(args.anchor)}")
     run(RunRequest(
-        model=args.model, data=args.data, profile=args.profile, config=args.config, overrides=args.overrides,
+        model=args.model, data=args.data, profile=args.profile, config=args.config, overrides=overrides,
         out=args.out, resume=args.resume, summary=args.summary, device=args.device, num_threads=args.num_threads,
         quiet=args.quiet, verbose=args.verbose, plugins=args.plugins,
     ))

@@ -312,14 +312,20 @@ def make_crop(size: Any, position: str, input_shape: tuple[int, int] | None = No
     return crop
 
 
-def make_resize(scale: Any, interpolation: str = "linear") -> OpFn:
-    """Resize by one factor drawn from ``scale`` (both axes); the sample changes size."""
+def make_resize(scale: Any, interpolation: str = "linear", shorter_side: int | None = None) -> OpFn:
+    """Resize by one factor drawn from ``scale`` (both axes); the sample changes size.
+
+    With ``shorter_side`` (pixels) the factor first brings the shorter side to that length,
+    then ``scale`` multiplies it (FullNet on GlaS: ``shorter_side: 238``, ``scale: 1``).
+    """
     scale = _range("resize", "scale", scale, 1e-3)
     flags = _INTERPOLATION[_choice("resize", "interpolation", interpolation, tuple(_INTERPOLATION))]
+    if shorter_side is not None and not (isinstance(shorter_side, int) and shorter_side > 0):
+        raise UserError(f"augment op 'resize': 'shorter_side' is {shorter_side!r}; expected a positive integer or null")
 
     def resize(sample: Sample, rng: np.random.Generator) -> Sample:
-        factor = _uniform(rng, scale)
         height, width = sample["image"].shape[:2]
+        factor = _uniform(rng, scale) * (shorter_side / min(height, width) if shorter_side else 1.0)
         size = (max(1, round(width * factor)), max(1, round(height * factor)))
         return _geometric(sample, lambda a: cv2.resize(a, size, interpolation=flags),
                           lambda a: cv2.resize(a, size, interpolation=cv2.INTER_NEAREST_EXACT))

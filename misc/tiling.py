@@ -10,7 +10,10 @@ Semantics follow HoVer-Net's tile mode (SEEDS §2.7), generalised:
   (FullNet's overlapping windows); windows at the image border keep everything up to it;
 - ``pad_mode='reflect'`` reflect-pads the image by ``m`` plus the kept margin at the top/left
   and as much as the windows need at the bottom/right (HoVer-Net); ``pad_mode='zero'`` pads
-  ``m`` zeros at the top/left and zeros at the bottom/right (FullNet: ``m = 0``).
+  ``m`` zeros at the top/left and zeros at the bottom/right (FullNet: ``m = 0``);
+- ``resize_shorter=S`` replaces the windows by one whole-image pass: the image is resized
+  (bilinear) so that its shorter side is ``S``, predicted in one call, and every map is resized
+  back (bilinear) to the image size (FullNet on GlaS). It holds the whole image in memory.
 
 Padding is never materialised: each window is gathered through per-axis index arrays. Output
 rows are emitted band by band (one band per row of windows) to a *sink*, so the memory held is
@@ -23,6 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+import cv2
 import numpy as np
 
 from misc.errors import UserError
@@ -42,6 +46,7 @@ class TileSpec:
         keep_margin: pixels dropped on interior sides of each output window.
         step: window stride; ``None`` means ``output_size - 2 * keep_margin``.
         pad_mode: ``'reflect'`` or ``'zero'`` (see the module docstring).
+        resize_shorter: None for windows, or the shorter side (pixels) of one whole-image pass.
     """
 
     input_size: int
@@ -49,6 +54,7 @@ class TileSpec:
     keep_margin: int = 0
     step: int | None = None
     pad_mode: str = "reflect"
+    resize_shorter: int | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.input_size, int) and isinstance(self.output_size, int)):
@@ -74,6 +80,8 @@ class TileSpec:
             )
         if self.pad_mode not in PAD_MODES:
             raise UserError(f"tiling: pad_mode must be one of {list(PAD_MODES)}, got {self.pad_mode!r}")
+        if self.resize_shorter is not None and not (isinstance(self.resize_shorter, int) and self.resize_shorter > 0):
+            raise UserError(f"tiling: resize_shorter must be a positive integer or null, got {self.resize_shorter!r}")
 
     @property
     def stride(self) -> int:
@@ -90,7 +98,8 @@ class TileSpec:
         """Build from a config's ``infer`` section.
 
         Reads ``input_size`` and ``output_size`` and, when the family defines them,
-        ``keep_margin`` (default 0), ``step`` (default derived) and ``pad_mode`` (default reflect).
+        ``keep_margin`` (default 0), ``step`` (default derived), ``pad_mode`` (default reflect)
+        and ``resize_shorter`` (default None: windows).
         """
         try:
             return cls(
@@ -99,6 +108,7 @@ class TileSpec:
                 keep_margin=infer_cfg.get("keep_margin") or 0,
                 step=infer_cfg.get("step"),
                 pad_mode=infer_cfg.get("pad_mode") or "reflect",
+                resize_shorter=infer_cfg.get("resize_shorter"),
             )
         except KeyError as err:
             raise UserError(f"config: infer.{err.args[0]} is missing; it sets the tiling window") from None
@@ -186,6 +196,39 @@ def _check_outputs(outputs: dict[str, np.ndarray], count: int, size: int) -> Non
             )
 
 
+def resized_shape(shape: tuple[int, int], shorter: int) -> tuple[int, int]:
+    """(H, W) scaled so that the shorter side is ``shorter`` px (the longer side rounded, >= 1)."""
+    scale = shorter / min(shape)
+    return tuple(max(1, int(round(side * scale))) for side in shape)  # type: ignore[return-value]
+
+
+def predict_resized(image: np.ndarray, predict: Predictor, shorter: int, sink: BandSink) -> None:
+    """One whole-image pass at a fixed scale (see ``resize_shorter`` in the module docstring).
+
+    Args:
+        image: (H, W, C) array.
+        predict: maps a (1, h, w, C) batch to named (1, h, w, K) float maps; (h, w) is
+            :func:`resized_shape` of (H, W).
+        shorter: the shorter side of the resized image, in pixels.
+        sink: receives all H rows at once.
+    """
+    height, width = image.shape[:2]
+    small_h, small_w = resized_shape((height, width), shorter)
+    small = cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_LINEAR)
+    outputs = predict(small.reshape(1, small_h, small_w, image.shape[2]))
+    if not outputs:
+        raise UserError("tiling: the family's predict returned no maps")
+    maps = {}
+    for name, values in outputs.items():
+        if values.ndim != 4 or values.shape[:3] != (1, small_h, small_w):
+            raise UserError(f"tiling: predicted map '{name}' has shape {values.shape}; expected "
+                            f"(1, {small_h}, {small_w}, C) for the image resized to a shorter side of {shorter}")
+        channels = values.shape[3]
+        back = cv2.resize(np.ascontiguousarray(values[0], np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+        maps[name] = back.reshape(height, width, channels)
+    sink(0, height, maps)
+
+
 def predict_tiled(
     image: np.ndarray,
     predict: Predictor,
@@ -209,6 +252,11 @@ def predict_tiled(
         raise UserError(f"tiling: image shape {image.shape} is not (H, W, C) with H, W >= 1")
     if batch_size < 1:
         raise UserError(f"tiling: batch_size must be >= 1, got {batch_size}")
+    if spec.resize_shorter is not None:
+        predict_resized(image, predict, spec.resize_shorter, sink)
+        if on_batch is not None:
+            on_batch(1)
+        return
     rows, cols = plan_axis(image.shape[0], spec), plan_axis(image.shape[1], spec)
     cells = [(r, c) for r in range(len(rows.input_starts)) for c in range(len(cols.input_starts))]
     bands: dict[int, dict[str, np.ndarray]] = {}
@@ -235,4 +283,6 @@ def predict_tiled(
 
 def window_count(shape: tuple[int, int], spec: TileSpec) -> int:
     """Number of windows :func:`predict_tiled` runs for an image of ``shape`` (H, W)."""
+    if spec.resize_shorter is not None:
+        return 1
     return len(plan_axis(shape[0], spec).input_starts) * len(plan_axis(shape[1], spec).input_starts)

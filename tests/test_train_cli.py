@@ -87,3 +87,15 @@ def test_summary_prints_layer_table_ending_with_params(tmp_path):
     assert any(line.startswith("refine.0 ") for line in lines)
     assert not (tmp_path / "run").exists()
 
+
+
+def test_missing_anchor_image_is_refused_naming_it(tmp_path):
+    line = _refused("--model", "fullnet", "--profile", "demo", "--anchor", tmp_path / "no_anchor.png",
+                    "--out", tmp_path / "run", plugin=False)
+    assert "no_anchor.png" in line
+
+
+def test_anchor_for_a_family_without_colour_normalisation_is_refused(tmp_path):
+    line = _refused("--model", "hovernet", "--profile", "demo", "--anchor", tmp_path / "a.png", "--summary",
+                    plugin=False)
+    assert "reinhard_anchor" in line

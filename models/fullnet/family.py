@@ -50,12 +50,15 @@ class FullNetFamily(Family):
 
     @functools.cached_property
     def reinhard_target(self) -> dict[str, list[float]] | None:
-        """CIELAB ``{'mean', 'std'}`` of Reinhard normalisation: ``model.reinhard``, or the
-        statistics of the ``model.reinhard_anchor`` image; None when neither is set.
+        """CIELAB ``{'mean', 'std'}`` of Reinhard normalisation: the target a checkpoint
+        carries (``norm_stats['reinhard']``), else ``model.reinhard``, else the statistics of the
+        ``model.reinhard_anchor`` image; None when none is set.
 
         Raises:
-            UserError: both set, or a malformed target.
+            UserError: both ``model.reinhard`` and ``model.reinhard_anchor`` set, or a malformed target.
         """
+        if self.norm_stats is not None and self.norm_stats.get("reinhard") is not None:
+            return self.norm_stats["reinhard"]
         model = self.cfg["model"]
         target, anchor = model.get("reinhard"), model.get("reinhard_anchor")
         if target is not None and anchor is not None:
@@ -96,7 +99,9 @@ class FullNetFamily(Family):
         )
 
     def fit_norm_stats(self, images: list[np.ndarray]) -> dict:
-        """Per-channel mean/std (0-255 units) over all training images, after Reinhard normalisation."""
+        """Per-channel mean/std (0-255 units) over all training images, after Reinhard
+        normalisation, and the Reinhard target itself (``reinhard``, None when off), so that a
+        checkpoint normalises colours without the anchor image."""
         total = np.zeros(3)
         squares = np.zeros(3)
         count = 0
@@ -109,7 +114,7 @@ class FullNetFamily(Family):
             raise UserError("FullNet: no training images to compute the input mean/std from")
         mean = total / count
         std = np.sqrt(np.maximum(squares / count - mean * mean, 1e-12))
-        return {"mean": mean.tolist(), "std": std.tolist()}
+        return {"mean": mean.tolist(), "std": std.tolist(), "reinhard": self.reinhard_target}
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) 0-255 -> standardised with ``norm_stats`` (or scaled to 0-1 without them)."""

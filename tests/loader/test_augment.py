@@ -247,3 +247,17 @@ def test_view_grid_has_one_row_per_sample_and_a_column_per_copy(tmp_path):
     main([str(tmp_path / "p"), str(tmp_path / "grid.png"), "--preset", "hovernet", "--input-shape", "32", "32",
           "--samples", "2", "--repeats", "3", "--tile", "40"])
     assert read_image(tmp_path / "grid.png").shape == (2 * 44 - 4, 4 * 44 - 4, 3)
+
+
+def test_resize_to_a_shorter_side_then_scale():
+    sample = square_sample()
+    sample = {key: value[:, :14] for key, value in sample.items()}  # 21 x 14
+    out = run([{"op": "resize", "scale": 1, "shorter_side": 28}], sample)
+    assert out["image"].shape[:2] == (42, 28) and out["inst_map"].shape == (42, 28)
+    out = run([{"op": "resize", "scale": 0.5, "shorter_side": 28}], sample)
+    assert out["image"].shape[:2] == (21, 14)
+
+
+def test_resize_shorter_side_must_be_positive():
+    with pytest.raises(UserError, match="shorter_side"):
+        build_augment([{"op": "resize", "shorter_side": 0}])

@@ -99,6 +99,7 @@ def test_wrong_output_shape_is_user_error() -> None:
         ({"input_size": 10, "output_size": 10, "keep_margin": 5}, "keep_margin"),
         ({"input_size": 10, "output_size": 10, "keep_margin": 2, "step": 7}, "step must be in"),
         ({"input_size": 10, "output_size": 10, "pad_mode": "edge"}, "pad_mode"),
+        ({"input_size": 10, "output_size": 10, "resize_shorter": 0}, "resize_shorter"),
     ],
 )
 def test_bad_spec_is_user_error(kwargs: dict, message: str) -> None:
@@ -109,3 +110,28 @@ def test_bad_spec_is_user_error(kwargs: dict, message: str) -> None:
 def test_from_config_reads_optional_keys() -> None:
     spec = TileSpec.from_config({"input_size": 208, "output_size": 208, "keep_margin": 40, "pad_mode": "zero"})
     assert (spec.stride, spec.context, spec.pad_mode) == (128, 0, "zero")
+
+
+def test_resize_shorter_predicts_the_whole_resized_image_once() -> None:
+    spec = TileSpec(input_size=8, output_size=8, resize_shorter=10)
+    seen = []
+
+    def predict(batch: np.ndarray) -> dict[str, np.ndarray]:
+        seen.append(batch.shape)
+        return {"rgb": batch.astype(np.float32)}
+
+    image = np.full((20, 30, 3), 77, np.uint8)
+    image[:, 15:] = 200
+    sink = ArraySink(20)
+    predict_tiled(image, predict, spec, sink)
+    assert seen == [(1, 10, 15, 3)] and window_count((20, 30), spec) == 1
+    assert sink.maps["rgb"].shape == (20, 30, 3)
+    np.testing.assert_allclose(sink.maps["rgb"][:, :12], 77.0)
+    np.testing.assert_allclose(sink.maps["rgb"][:, 18:], 200.0)
+
+
+def test_resize_shorter_rejects_maps_of_another_size() -> None:
+    spec = TileSpec(input_size=8, output_size=8, resize_shorter=10)
+    with pytest.raises(UserError, match=r"'bad' has shape \(1, 5, 5, 1\)"):
+        predict_tiled(np.zeros((20, 30, 3), np.uint8), lambda w: {"bad": np.zeros((1, 5, 5, 1), np.float32)},
+                      spec, ArraySink(20))

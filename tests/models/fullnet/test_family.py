@@ -50,6 +50,21 @@ def test_glas_profile_constants() -> None:
     assert (cfg["targets"]["radius"], cfg["targets"]["sigma"]) == (2, 20.0)
     assert cfg["postproc"] == {"min_area": 100, "radius": 4}
     assert cfg["train"]["phases"][0]["optimizer"]["lr"] == 5.0e-4
+    assert cfg["infer"]["resize_shorter"] == 208 and cfg["data"]["augment"] == "fullnet_glas"
+
+
+def test_glas_inference_is_one_whole_image_pass_resized_back() -> None:
+    from misc.inference import infer_image
+
+    cfg = tiny_cfg(resize_shorter=24)
+    family = FullNetFamily(cfg)
+    net = family.build_network()
+    calls = []
+    predict = family.predict
+    family.predict = lambda net, images: calls.append(tuple(images.shape)) or predict(net, images)
+    maps = infer_image(family, net, sample(size=40)["image"][:, :30], "cpu")
+    assert calls == [(1, 3, 32, 24)] and maps["prob"].shape == (40, 30, 3)
+    np.testing.assert_allclose(maps["prob"].sum(-1), 1.0, atol=1e-5)
 
 
 def test_batch_from_the_dataset_trains_one_step(family: FullNetFamily) -> None:
@@ -134,3 +149,23 @@ def test_demo_profile_trains_through_the_engine(tmp_path, monkeypatch) -> None:
     assert "pq" in result.last_scores
     family, _net = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", "cpu")[:2]
     assert family.norm_stats is not None and len(family.norm_stats["mean"]) == 3
+
+
+def test_checkpoint_carries_the_anchor_statistics(tmp_path, monkeypatch) -> None:
+    import models
+    from loader.augment import lab_statistics
+    from misc.checkpoint import load_checkpoint
+    from misc.engine import RunRequest, run
+    from misc.io import write_image
+
+    monkeypatch.setitem(models.FAMILIES, "fullnet", "models.fullnet.family:FullNetFamily")
+    anchor = tmp_path / "anchor.png"
+    write_image(anchor, sample(3)["image"])
+    run(RunRequest(model="fullnet", profile="demo", out=str(tmp_path / "run"), quiet=True, device="cpu",
+                   overrides=[f"model.reinhard_anchor={anchor}", "train.val_every=1000"]))
+    expected = [float(v) for v in lab_statistics(sample(3)["image"])[0]]
+    anchor.unlink()
+    family = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", "cpu")[0]
+    np.testing.assert_allclose(family.norm_stats["reinhard"]["mean"], expected)
+    image = sample(4)["image"]
+    assert not np.array_equal(family.preprocess_image(image), image)
