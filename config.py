@@ -92,8 +92,10 @@ def _compatible(default: Any, value: Any) -> bool:
 def merge(base: dict, update: dict, source: str, prefix: str = "") -> dict:
     """Return ``base`` updated by ``update``, refusing unknown keys and type changes.
 
-    Mappings merge key by key; any other value (lists included) replaces the default.
-    A default of ``{}`` or ``null`` accepts any content (free-form sections).
+    Mappings merge key by key; any other value (lists included) replaces the default, except
+    a mapping of integer indices onto a list, which updates those items (``--set
+    train.phases.0.epochs=3``). A default of ``{}`` or ``null`` accepts any content (free-form
+    sections).
 
     Raises:
         UserError: naming ``source``, the dotted key, and what would be right.
@@ -111,6 +113,9 @@ def merge(base: dict, update: dict, source: str, prefix: str = "") -> dict:
         if isinstance(default, dict) and default and isinstance(value, dict):
             result[key] = merge(default, value, source, f"{dotted}.")
             continue
+        if isinstance(default, list) and isinstance(value, dict) and value and all(type(k) is int for k in value):
+            result[key] = _merge_items(default, value, source, dotted)
+            continue
         if not _compatible(default, value):
             raise UserError(
                 f"{source}: key '{dotted}' expects {_type_name(default)} (default {default!r}), "
@@ -120,6 +125,22 @@ def merge(base: dict, update: dict, source: str, prefix: str = "") -> dict:
             value = float(value)
         result[key] = copy.deepcopy(value)
     return result
+
+
+def _merge_items(default: list, update: dict, source: str, dotted: str) -> list:
+    """``default`` with the items at ``update``'s integer indices merged (see :func:`merge`)."""
+    items = copy.deepcopy(default)
+    for index, value in update.items():
+        if not 0 <= index < len(items):
+            raise UserError(f"{source}: index {index} of '{dotted}' is out of range (it has {len(items)} item(s))")
+        if isinstance(items[index], dict) and isinstance(value, dict):
+            items[index] = merge(items[index], value, source, f"{dotted}.{index}.")
+        elif not _compatible(items[index], value):
+            raise UserError(f"{source}: item '{dotted}.{index}' expects {_type_name(items[index])} "
+                            f"(default {items[index]!r}), got {_type_name(value)} {value!r}")
+        else:
+            items[index] = copy.deepcopy(value)
+    return items
 
 
 def parse_override(text: str) -> dict:
@@ -134,7 +155,7 @@ def parse_override(text: str) -> dict:
     except yaml.YAMLError:
         raise UserError(f"--set '{text}': value '{raw}' is not valid YAML") from None
     for part in reversed(key.split(".")):
-        value = {part: value}
+        value = {int(part) if part.isdigit() else part: value}
     return value
 
 

@@ -56,6 +56,24 @@ def test_null_default_accepts_any_value(family_dir: Path) -> None:
     assert cfg["model"]["pretrained"] == "/weights.pt"
 
 
+def test_integer_key_part_updates_one_list_item(family_dir: Path) -> None:
+    cfg = config.load_config("toy", overrides=["train.phases.0.epochs=5", "model.units.1=7"])
+    assert cfg["train"]["phases"] == [{"epochs": 5}] and cfg["model"]["units"] == [3, 7]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.phases.1.epochs=5", r"index 1 of 'train.phases' is out of range \(it has 1 item"),
+        ("train.phases.0.epoch=5", r"unknown key 'train.phases.0.epoch'; did you mean 'train.phases.0.epochs'"),
+        ("model.units.0=x", r"item 'model.units.0' expects int"),
+    ],
+)
+def test_bad_list_item_override_is_named(family_dir: Path, override: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        config.load_config("toy", overrides=[override])
+
+
 def test_unknown_key_names_closest(family_dir: Path) -> None:
     with pytest.raises(UserError, match=r"unknown key 'model.widht'.*'model.width'"):
         config.load_config("toy", overrides=["model.widht=1.0"])

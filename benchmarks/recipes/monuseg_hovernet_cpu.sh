@@ -19,7 +19,7 @@ DATA="${1:-${HISTOSEG_DATA:-../shared/data}/monuseg}"
 OUT="${2:-runs/monuseg_hovernet_cpu}"
 EPOCHS="${3:-5}"
 THREADS="${THREADS:-2}"
-SPLIT=benchmarks/recipes/monuseg_split.json
+source benchmarks/recipes/monuseg_common.sh
 export OMP_NUM_THREADS="$THREADS"
 
 mkdir -p "$OUT"
@@ -31,25 +31,4 @@ python train.py --model hovernet --profile cpu --data "$OUT/patches/train.h5" --
     --set "train.phases=[{name: all, epochs: $EPOCHS, batch_size: 2, freeze: [], optimizer: {name: adam, lr: 1.0e-3, betas: [0.9, 0.999], weight_decay: 0.0}, schedule: {name: cosine, min_factor: 0.05}, loss_weights: {np_bce: 1.0, np_dice: 1.0, hv_mse: 2.0, hv_msge: 1.0, tp_bce: 1.0, tp_dice: 1.0}}]"
 trained=$(date +%s)
 
-python - "$SPLIT" "$DATA" "$OUT/valid_images" <<'PY'
-import json, os, sys
-from pathlib import Path
-split, data, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-out.mkdir(parents=True, exist_ok=True)
-for name in json.loads(split.read_text())["parts"]["valid"]:
-    link = out / f"{name}.tif"
-    if not link.exists():
-        os.symlink((data / "images" / f"{name}.tif").resolve(), link)
-PY
-python infer.py --model-path "$OUT/run/checkpoints/latest.pt" --input "$OUT/valid_images" --output "$OUT/raw" --quiet
-python process.py --input "$OUT/raw" --output "$OUT/pred" --formats mat,geojson,png --gt "monuseg:$DATA" --quiet > /dev/null
-end=$(date +%s)
-
-echo "checkpoint: $OUT/run/checkpoints/latest.pt"
-python - "$OUT/pred/metrics.json" "$((trained - start))" "$((end - start))" <<'PY'
-import json, sys
-means = json.load(open(sys.argv[1]))["mean"]
-scores = {key: round(means[key]["mean"], 4) for key in ("pq", "dq", "sq", "dice", "aji", "aji_plus")}
-print(json.dumps({"recipe": "monuseg_hovernet_cpu", "images": "validation split (3)", **scores,
-                  "train_seconds": int(sys.argv[2]), "total_seconds": int(sys.argv[3])}))
-PY
+score_valid monuseg_hovernet_cpu "$OUT/run/checkpoints/latest.pt" "$DATA" "$OUT" "$start" "$trained"

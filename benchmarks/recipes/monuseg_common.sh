@@ -1,0 +1,37 @@
+# Shared steps of the MoNuSeg CPU recipes (sourced, not run): the fixed split, and scoring a
+# checkpoint on the split's validation tiles through infer.py + process.py.
+SPLIT=benchmarks/recipes/monuseg_split.json
+
+# link_valid_images DATA OUT: symlink the validation tiles of $SPLIT into OUT.
+link_valid_images() {
+    python - "$SPLIT" "$1" "$2" <<'PY'
+import json, os, sys
+from pathlib import Path
+split, data, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+out.mkdir(parents=True, exist_ok=True)
+for name in json.loads(split.read_text())["parts"]["valid"]:
+    link = out / f"{name}.tif"
+    if not link.exists():
+        os.symlink((data / "images" / f"{name}.tif").resolve(), link)
+PY
+}
+
+# score_valid RECIPE CHECKPOINT DATA OUT START TRAINED: infer + process the validation tiles,
+# print the checkpoint path and one JSON line of mean scores and times (seconds since START).
+score_valid() {
+    local recipe=$1 checkpoint=$2 data=$3 out=$4 start=$5 trained=$6
+    link_valid_images "$data" "$out/valid_images"
+    python infer.py --model-path "$checkpoint" --input "$out/valid_images" --output "$out/raw" --quiet
+    python process.py --input "$out/raw" --output "$out/pred" --formats mat,geojson,png --gt "monuseg:$data" \
+        --quiet > /dev/null
+    local end
+    end=$(date +%s)
+    echo "checkpoint: $checkpoint"
+    python - "$recipe" "$out/pred/metrics.json" "$((trained - start))" "$((end - start))" <<'PY'
+import json, sys
+means = json.load(open(sys.argv[2]))["mean"]
+scores = {key: round(means[key]["mean"], 4) for key in ("pq", "dq", "sq", "dice", "aji", "aji_plus")}
+print(json.dumps({"recipe": sys.argv[1], "images": "validation split (3)", **scores,
+                  "train_seconds": int(sys.argv[3]), "total_seconds": int(sys.argv[4])}))
+PY
+}
