@@ -499,11 +499,38 @@ def phase_start(phases: list[dict], index: int) -> int:
     return sum(int(phase["epochs"]) for phase in phases[:index])
 
 
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bf16 natively through oneDNN (AVX512-BF16 or AMX)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _amp_dtype(train_cfg: dict, device: torch.device) -> torch.dtype | None:
-    """bf16 where CUDA supports it, else fp16; None on CPU or with ``train.amp: false``."""
-    if device.type != "cuda" or not train_cfg.get("amp", False):
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """Autocast dtype of training: on CUDA with ``train.amp`` bf16 where supported, else fp16;
+    on CPU with ``train.amp_cpu`` bf16 when the CPU has native bf16 (else a warning and None);
+    None otherwise (float32)."""
+    if device.type == "cuda":
+        if not train_cfg.get("amp", False):
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and train_cfg.get("amp_cpu", False):
+        if cpu_bf16_supported():
+            return torch.bfloat16
+        log.warning("train.amp_cpu: this CPU has no native bf16 (AVX512-BF16/AMX); training in float32")
+    return None
+
+
+def _channels_last(net: nn.Module, train_cfg: dict, device: torch.device, amp_dtype: torch.dtype | None) -> bool:
+    """``train.channels_last``, except on CPU under bf16 autocast for a network with dilated
+    convolutions: oneDNN (torch 2.13) crashes with a segmentation fault on bf16 dilated NHWC
+    convolutions of some channel counts (24 here), so those keep NCHW (with a warning)."""
+    if not train_cfg.get("channels_last", False):
+        return False
+    if device.type == "cpu" and amp_dtype == torch.bfloat16 and any(
+        isinstance(module, nn.Conv2d) and max(module.dilation) > 1 for module in net.modules()
+    ):
+        log.warning("train.channels_last is ignored: bf16 dilated convolutions in NHWC crash oneDNN on CPU")
+        return False
+    return True
 
 
 def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
@@ -670,12 +697,13 @@ def train(setup: Setup, resume: dict | None = None) -> TrainResult:
     train_cfg = cfg["train"]
     phases = train_cfg["phases"]
     total_epochs = sum(int(phase["epochs"]) for phase in phases)
+    amp_dtype = _amp_dtype(train_cfg, setup.device)
     options = StepOptions(
         accumulate=max(1, int(train_cfg.get("accumulate", 1))),
         clip_grad_norm=train_cfg.get("clip_grad_norm"),
         log_every=max(1, int(train_cfg.get("log_every", 10))),
-        amp_dtype=_amp_dtype(train_cfg, setup.device),
-        channels_last=setup.device.type == "cuda" and bool(train_cfg.get("channels_last", False)),
+        amp_dtype=amp_dtype,
+        channels_last=_channels_last(net, train_cfg, setup.device, amp_dtype),
         total_epochs=total_epochs,
     )
     if options.channels_last:

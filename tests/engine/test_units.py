@@ -162,3 +162,30 @@ def test_load_model_refuses_a_file_that_is_no_checkpoint(tmp_path):
     path.write_bytes(b"\x00" * 64)
     with pytest.raises(UserError, match="weights.pt"):
         load_model(path)
+
+
+def test_cpu_autocast_is_bf16_only_with_amp_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert engine._amp_dtype({"amp": True}, cpu) is None
+    expected = torch.bfloat16 if engine.cpu_bf16_supported() else None
+    assert engine._amp_dtype({"amp": True, "amp_cpu": True}, cpu) == expected
+
+
+@pytest.mark.skipif(not engine.cpu_bf16_supported(), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
+def test_hovernet_trains_under_cpu_bf16_autocast(tmp_path) -> None:
+    result = engine.run(engine.RunRequest(
+        model="hovernet", profile="demo", out=str(tmp_path / "run"), device="cpu", quiet=True,
+        overrides=["train.amp_cpu=true", "train.channels_last=true", "data.synthetic.n_train=4",
+                   "data.synthetic.n_val=1", "train.phases.0.epochs=1"],
+    ))
+    assert np.isfinite(result.last_scores["pq"])
+
+
+def test_channels_last_is_dropped_for_dilated_convolutions_under_cpu_bf16() -> None:
+    cpu = torch.device("cpu")
+    dilated = nn.Sequential(nn.Conv2d(3, 4, 3, padding=2, dilation=2))
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
+    cfg = {"channels_last": True}
+    assert engine._channels_last(dilated, cfg, cpu, None) and engine._channels_last(plain, cfg, cpu, torch.bfloat16)
+    assert not engine._channels_last(dilated, cfg, cpu, torch.bfloat16)
+    assert not engine._channels_last(plain, {"channels_last": False}, cpu, None)

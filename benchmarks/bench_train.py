@@ -1,0 +1,84 @@
+"""Training throughput: optimiser steps per second through the real training path.
+
+Each setting runs ``train.py``'s engine for one short epoch on synthetic tiles generated on
+the fly (reading, augmentation, targets, forward, loss, backward, optimiser step) and prints
+one JSON line with the steps, their wall time and steps per second (the first step, with its
+warm-up, included). Settings: HoVer-Net ``original`` and ``fast`` at published width (first
+published phase: frozen encoder, batch 8), HoVer-Net ``cpu``, FullNet ``cpu`` and, with
+``--all``, FullNet ``paper`` (minutes per step on a CPU).
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--device auto] [--steps 4] [--all | --only hovernet:cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from config import load_config  # noqa: E402
+from misc.distributed import resolve_device  # noqa: E402
+from misc.engine import RunRequest, run  # noqa: E402
+from misc.errors import UserError, cli_main  # noqa: E402
+
+#: (family, setting name, profile, overrides); ``--all`` adds the FullNet paper width.
+SETTINGS = (
+    ("hovernet", "original", "paper", ["model.pretrained=null"]),
+    ("hovernet", "fast", "paper", ["model.pretrained=null", "model.mode=fast", "infer.input_size=256",
+                                   "infer.output_size=164"]),
+    ("hovernet", "cpu", "cpu", []),
+    ("fullnet", "cpu", "cpu", ["train.accumulate=1"]),
+)
+SLOW = (("fullnet", "paper", "paper", []),)
+
+
+def bench_train(family: str, name: str, profile: str, overrides: list[str], steps: int, device: str) -> dict:
+    """Steps per second of ``steps`` optimiser steps of one training epoch on synthetic tiles."""
+    cfg = load_config(family, profile, overrides=overrides)
+    phase = cfg["train"]["phases"][0]
+    batch = int(phase["batch_size"]) * int(cfg["train"].get("accumulate", 1))
+    settings = [
+        *overrides, f"data.synthetic.n_train={steps * batch}", "data.synthetic.n_val=1", "data.val_fraction=0.0",
+        "train.val_every=1000", "train.phases.0.epochs=1", "train.log_every=1000",
+    ]
+    if len(cfg["train"]["phases"]) > 1:
+        settings.append(f"train.phases=[{json.dumps(phase)}]")
+    with tempfile.TemporaryDirectory() as tmp:
+        run(RunRequest(model=family, data="synthetic", profile=profile, overrides=settings, out=f"{tmp}/run",
+                       device=device, quiet=True))
+        with open(f"{tmp}/run/metrics.csv") as handle:
+            row = list(csv.DictReader(handle))[-1]
+    seconds = float(row["train_seconds"])
+    return {
+        "bench": "train", "family": family, "setting": name, "profile": profile, "batch_size": int(phase["batch_size"]),
+        "input": cfg["infer"]["input_size"], "steps": int(row["step"]), "seconds": round(seconds, 2),
+        "steps_per_s": round(int(row["step"]) / seconds, 3), "device": str(resolve_device(device)), "threads": torch.get_num_threads(),
+    }
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    """Run the settings and print their JSON lines."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    parser.add_argument("--steps", type=int, default=4, help="optimiser steps per setting (default 4)")
+    parser.add_argument("--all", action="store_true", help="also FullNet at published width (slow on CPU)")
+    parser.add_argument("--only", default=None, metavar="FAMILY:SETTING", help="run one setting, e.g. hovernet:cpu")
+    args = parser.parse_args(argv)
+    chosen = [s for s in SETTINGS + SLOW if args.only == f"{s[0]}:{s[1]}"] if args.only else SETTINGS + (SLOW if args.all else ())
+    if not chosen:
+        raise UserError(f"--only {args.only}: no such setting (have {[f'{s[0]}:{s[1]}' for s in SETTINGS + SLOW]})")
+    for family, name, profile, overrides in chosen:
+        print(json.dumps(bench_train(family, name, profile, list(overrides), args.steps, args.device)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
