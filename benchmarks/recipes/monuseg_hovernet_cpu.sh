@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.."
 
 DATA="${1:-${HISTOSEG_DATA:-../shared/data}/monuseg}"
 OUT="${2:-runs/monuseg_hovernet_cpu}"
-EPOCHS="${3:-5}"
+EPOCHS="${3:-}"
 THREADS="${THREADS:-2}"
 source benchmarks/recipes/monuseg_common.sh
 export OMP_NUM_THREADS="$THREADS"
@@ -28,7 +28,7 @@ python extract_patches.py monuseg "$DATA" "$OUT/patches" --win 300 --step 164 --
     --split "$SPLIT:train" --format h5 --no-progress
 python train.py --model hovernet --profile cpu --data "$OUT/patches/train.h5" --out "$OUT/run" \
     --num-threads "$THREADS" --quiet --set data.val_fraction=0.0 --set train.val_every=1000 \
-    --set "train.phases=[{name: all, epochs: $EPOCHS, batch_size: 2, freeze: [], optimizer: {name: adam, lr: 1.0e-3, betas: [0.9, 0.999], weight_decay: 0.0}, schedule: {name: cosine, min_factor: 0.05}, loss_weights: {np_bce: 1.0, np_dice: 1.0, hv_mse: 2.0, hv_msge: 1.0, tp_bce: 1.0, tp_dice: 1.0}}]"
+    ${EPOCHS:+--set "train.phases.0.epochs=$EPOCHS"}
 trained=$(date +%s)
 
 score_valid monuseg_hovernet_cpu "$OUT/run/checkpoints/latest.pt" "$DATA" "$OUT" "$start" "$trained"
