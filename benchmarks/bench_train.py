@@ -3,9 +3,9 @@
 Each setting runs ``train.py``'s engine for one short epoch on synthetic tiles generated on
 the fly (reading, augmentation, targets, forward, loss, backward, optimiser step) and prints
 one JSON line with the steps, their wall time and steps per second (the first step, with its
-warm-up, included). Settings: HoVer-Net ``original`` and ``fast`` at published width (first
-published phase: frozen encoder, batch 8), HoVer-Net ``cpu``, FullNet ``cpu`` and, with
-``--all``, FullNet ``paper`` (minutes per step on a CPU).
+warm-up, included). Settings: the ``cpu`` profiles of HoVer-Net and FullNet and, with
+``--all`` (for a GPU: minutes per step on a 2-core CPU), HoVer-Net ``original`` and ``fast``
+at published width (first published phase: frozen encoder, batch 8) and FullNet ``paper``.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--device auto] [--steps 4] [--all | --only hovernet:cpu]
 """
@@ -28,15 +28,17 @@ from misc.distributed import resolve_device  # noqa: E402
 from misc.engine import RunRequest, run  # noqa: E402
 from misc.errors import UserError, cli_main  # noqa: E402
 
-#: (family, setting name, profile, overrides); ``--all`` adds the FullNet paper width.
+#: (family, setting name, profile, overrides); ``--all`` adds the published widths (GPU scale).
 SETTINGS = (
+    ("hovernet", "cpu", "cpu", []),
+    ("fullnet", "cpu", "cpu", []),
+)
+SLOW = (
     ("hovernet", "original", "paper", ["model.pretrained=null"]),
     ("hovernet", "fast", "paper", ["model.pretrained=null", "model.mode=fast", "infer.input_size=256",
                                    "infer.output_size=164"]),
-    ("hovernet", "cpu", "cpu", []),
-    ("fullnet", "cpu", "cpu", ["train.accumulate=1"]),
+    ("fullnet", "paper", "paper", []),
 )
-SLOW = (("fullnet", "paper", "paper", []),)
 
 
 def bench_train(family: str, name: str, profile: str, overrides: list[str], steps: int, device: str) -> dict:
@@ -45,7 +47,7 @@ def bench_train(family: str, name: str, profile: str, overrides: list[str], step
     phase = cfg["train"]["phases"][0]
     batch = int(phase["batch_size"]) * int(cfg["train"].get("accumulate", 1))
     settings = [
-        *overrides, f"data.synthetic.n_train={steps * batch}", "data.synthetic.n_val=1", "data.val_fraction=0.0",
+        *overrides, f"data.synthetic.n_train={steps * batch}", "data.synthetic.n_val=0",
         "train.val_every=1000", "train.phases.0.epochs=1", "train.log_every=1000",
     ]
     if len(cfg["train"]["phases"]) > 1:
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--steps", type=int, default=4, help="optimiser steps per setting (default 4)")
-    parser.add_argument("--all", action="store_true", help="also FullNet at published width (slow on CPU)")
+    parser.add_argument("--all", action="store_true", help="also the published widths (slow on CPU)")
     parser.add_argument("--only", default=None, metavar="FAMILY:SETTING", help="run one setting, e.g. hovernet:cpu")
     args = parser.parse_args(argv)
     chosen = [s for s in SETTINGS + SLOW if args.only == f"{s[0]}:{s[1]}"] if args.only else SETTINGS + (SLOW if args.all else ())
