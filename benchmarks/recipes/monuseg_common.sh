@@ -2,6 +2,18 @@
 # checkpoint on the split's validation tiles through infer.py + process.py.
 SPLIT=benchmarks/recipes/monuseg_split.json
 
+# budget_epochs FAMILY: nothing on CPUs with native bf16 (the cpu profile's epochs fit the
+# budget), else half the cpu profile's epochs (float32 steps take twice as long).
+budget_epochs() {
+    python - "$1" <<'PY'
+import sys
+from config import load_config
+from misc.engine import cpu_bf16_supported
+epochs = load_config(sys.argv[1], "cpu")["train"]["phases"][0]["epochs"]
+print("" if cpu_bf16_supported() else max(1, epochs // 2))
+PY
+}
+
 # link_valid_images DATA OUT: symlink the validation tiles of $SPLIT into OUT.
 link_valid_images() {
     python - "$SPLIT" "$1" "$2" <<'PY'
