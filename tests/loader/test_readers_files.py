@@ -30,6 +30,23 @@ def _png(path: Path, shape: tuple[int, int], mode: str = "RGB") -> None:
 
 # ---------------------------------------------------------------- MoNuSeg (Aperio XML)
 
+#: Three regions of (x, y) vertices: a rectangle, a 2-vertex region (skipped), an overlapping one.
+MONUSEG_REGIONS = [[(1, 1), (4, 1), (4, 3), (1, 3)], [(0, 5), (1, 5)], [(3, 2), (6.5, 2), (6.5, 5), (3, 5)]]
+
+
+def write_aperio_xml(path: Path, regions: list[list[tuple[float, float]]], mpp: float = 0.2527) -> Path:
+    """An Aperio ImageScope XML file of the MoNuSeg layout with one Region per vertex list."""
+    blocks = []
+    for index, vertices in enumerate(regions, start=1):
+        points = "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in vertices)
+        blocks.append(f'<Region Id="{index}" Type="0" Zoom="5"><Attributes/><Vertices>{points}</Vertices></Region>')
+    path.write_text(
+        f'<Annotations MicronsPerPixel="{mpp:.6f}"><Annotation Id="1" Name="" Type="4" LineColor="65280" Visible="1">'
+        '<Regions><RegionAttributeHeaders><AttributeHeader Id="9999" Name="Region" ColumnWidth="-1"/>'
+        f'</RegionAttributeHeaders>{"".join(blocks)}</Regions></Annotation></Annotations>'
+    )
+    return path
+
 MONUSEG_EXPECTED = np.array(
     [
         [0, 0, 0, 0, 0, 0, 0, 0],
@@ -48,13 +65,14 @@ def monuseg_root(tmp_path: Path) -> Path:
     (tmp_path / "images").mkdir()
     tifffile.imwrite(tmp_path / "images" / "tile.tif", np.zeros((6, 8, 3), dtype=np.uint8))
     (tmp_path / "annotations").mkdir()
-    shutil.copy(FIXTURES / "monuseg_tile.xml", tmp_path / "annotations" / "tile.xml")
+    write_aperio_xml(tmp_path / "annotations" / "tile.xml", MONUSEG_REGIONS)
     return tmp_path
 
 
-def test_aperio_xml_overwrites_and_skips_short_regions(caplog: pytest.LogCaptureFixture) -> None:
+def test_aperio_xml_overwrites_and_skips_short_regions(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    xml = write_aperio_xml(tmp_path / "tile.xml", MONUSEG_REGIONS)
     with caplog.at_level(logging.WARNING):
-        inst_map = read_aperio_xml(FIXTURES / "monuseg_tile.xml", (6, 8))
+        inst_map = read_aperio_xml(xml, (6, 8))
     np.testing.assert_array_equal(inst_map, MONUSEG_EXPECTED)
     assert inst_map.dtype == np.int32
     assert "1 region(s) with fewer than 3 vertices skipped" in caplog.text
