@@ -8,6 +8,7 @@ warm-up, included). Settings: the ``cpu`` profiles of HoVer-Net and FullNet and,
 at published width (first published phase: frozen encoder, batch 8) and FullNet ``paper``.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--device auto] [--steps 4] [--all | --only hovernet:cpu]
+        [--set train.amp_cpu=false ...]
 """
 
 from __future__ import annotations
@@ -73,12 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4, help="optimiser steps per setting (default 4)")
     parser.add_argument("--all", action="store_true", help="also the published widths (slow on CPU)")
     parser.add_argument("--only", default=None, metavar="FAMILY:SETTING", help="run one setting, e.g. hovernet:cpu")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override added to every setting, e.g. train.amp_cpu=false (repeatable)")
     args = parser.parse_args(argv)
     chosen = [s for s in SETTINGS + SLOW if args.only == f"{s[0]}:{s[1]}"] if args.only else SETTINGS + (SLOW if args.all else ())
     if not chosen:
         raise UserError(f"--only {args.only}: no such setting (have {[f'{s[0]}:{s[1]}' for s in SETTINGS + SLOW]})")
     for family, name, profile, overrides in chosen:
-        print(json.dumps(bench_train(family, name, profile, list(overrides), args.steps, args.device)), flush=True)
+        settings = [*overrides, *args.overrides]
+        print(json.dumps({**bench_train(family, name, profile, settings, args.steps, args.device),
+                          "overrides": args.overrides}), flush=True)
     return 0
 
 
