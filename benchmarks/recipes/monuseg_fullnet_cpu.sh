@@ -14,21 +14,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-DATA="${1:-${HISTOSEG_DATA:-../shared/data}/monuseg}"
-OUT="${2:-runs/monuseg_fullnet_cpu}"
-EPOCHS="${3:-}"
-THREADS="${THREADS:-2}"
 source benchmarks/recipes/monuseg_common.sh
-export OMP_NUM_THREADS="$THREADS"
-EPOCHS="${EPOCHS:-$(budget_epochs fullnet)}"     # half the epochs where the CPU lacks bf16
-
-mkdir -p "$OUT"
-start=$(date +%s)
-python extract_patches.py monuseg "$DATA" "$OUT/patches" --win 250 --step 250 --mode valid \
-    --split "$SPLIT:train" --format h5 --no-progress
-python train.py --model fullnet --profile cpu --data "$OUT/patches/train.h5" --out "$OUT/run" \
-    --num-threads "$THREADS" --quiet --set data.val_fraction=0.0 --set train.val_every=1000 \
-    ${EPOCHS:+--set "train.phases.0.epochs=$EPOCHS"}
-trained=$(date +%s)
-
-score_valid monuseg_fullnet_cpu "$OUT/run/checkpoints/latest.pt" "$DATA" "$OUT" "$start" "$trained"
+run_recipe fullnet 250 250 "${1:-${HISTOSEG_DATA:-../shared/data}/monuseg}" "${2:-runs/monuseg_fullnet_cpu}" "${3:-}"
