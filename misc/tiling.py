@@ -13,7 +13,11 @@ Semantics follow HoVer-Net's tile mode (SEEDS §2.7), generalised:
   ``m`` zeros at the top/left and zeros at the bottom/right (FullNet: ``m = 0``);
 - ``resize_shorter=S`` replaces the windows by one whole-image pass: the image is resized
   (bilinear) so that its shorter side is ``S``, predicted in one call, and every map is resized
-  back (bilinear) to the image size (FullNet on GlaS). It holds the whole image in memory.
+  back (bilinear) to the image size (FullNet on GlaS). It holds the whole image in memory;
+- ``scale=s`` (not 1) runs the windows on the image resized by ``s`` (bilinear, new side
+  ``round(side * s)``) and resizes every map back to the image size (bilinear, pixel-centre
+  aligned), band by band: a network trained at 20x predicts 40x images with ``s = 0.5``.
+  It holds the resized image's maps (``s^2`` of the full maps) in memory.
 
 Padding is never materialised: each window is gathered through per-axis index arrays. Output
 rows are emitted band by band (one band per row of windows) to a *sink*, so the memory held is
@@ -23,7 +27,7 @@ one band of ``step`` rows plus one batch, whatever the image size.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 import cv2
@@ -47,6 +51,7 @@ class TileSpec:
         step: window stride; ``None`` means ``output_size - 2 * keep_margin``.
         pad_mode: ``'reflect'`` or ``'zero'`` (see the module docstring).
         resize_shorter: None for windows, or the shorter side (pixels) of one whole-image pass.
+        scale: factor the image is resized by before the windows run (maps are resized back).
     """
 
     input_size: int
@@ -55,6 +60,7 @@ class TileSpec:
     step: int | None = None
     pad_mode: str = "reflect"
     resize_shorter: int | None = None
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.input_size, int) and isinstance(self.output_size, int)):
@@ -82,6 +88,10 @@ class TileSpec:
             raise UserError(f"tiling: pad_mode must be one of {list(PAD_MODES)}, got {self.pad_mode!r}")
         if self.resize_shorter is not None and not (isinstance(self.resize_shorter, int) and self.resize_shorter > 0):
             raise UserError(f"tiling: resize_shorter must be a positive integer or null, got {self.resize_shorter!r}")
+        if not (isinstance(self.scale, (int, float)) and self.scale > 0):
+            raise UserError(f"tiling: scale must be a positive number, got {self.scale!r}")
+        if self.scale != 1.0 and self.resize_shorter is not None:
+            raise UserError("tiling: set either scale or resize_shorter, not both")
 
     @property
     def stride(self) -> int:
@@ -99,8 +109,12 @@ class TileSpec:
 
         Reads ``input_size`` and ``output_size`` and, when the family defines them,
         ``keep_margin`` (default 0), ``step`` (default derived), ``pad_mode`` (default reflect)
-        and ``resize_shorter`` (default None: windows).
+        and ``resize_shorter`` (default None: windows). With ``net_mag`` set (the magnification
+        the network was trained at), images of magnification ``mag`` are resized by
+        ``net_mag / mag``.
         """
+        net_mag = infer_cfg.get("net_mag")
+        scale = 1.0 if net_mag is None else float(net_mag) / float(infer_cfg.get("mag") or net_mag)
         try:
             return cls(
                 input_size=infer_cfg["input_size"],
@@ -109,6 +123,7 @@ class TileSpec:
                 step=infer_cfg.get("step"),
                 pad_mode=infer_cfg.get("pad_mode") or "reflect",
                 resize_shorter=infer_cfg.get("resize_shorter"),
+                scale=scale,
             )
         except KeyError as err:
             raise UserError(f"config: infer.{err.args[0]} is missing; it sets the tiling window") from None
@@ -257,6 +272,9 @@ def predict_tiled(
         if on_batch is not None:
             on_batch(1)
         return
+    if spec.scale != 1.0:
+        predict_scaled(image, predict, spec, sink, batch_size, on_batch)
+        return
     rows, cols = plan_axis(image.shape[0], spec), plan_axis(image.shape[1], spec)
     cells = [(r, c) for r in range(len(rows.input_starts)) for c in range(len(cols.input_starts))]
     bands: dict[int, dict[str, np.ndarray]] = {}
@@ -281,8 +299,62 @@ def predict_tiled(
             on_batch(len(batch))
 
 
+def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(H, W) resized by ``scale``: each side ``round(side * scale)``, at least 1."""
+    return tuple(max(1, round(side * scale)) for side in shape)  # type: ignore[return-value]
+
+
+def resize_rows(values: np.ndarray, shape: tuple[int, int], row_start: int, row_stop: int) -> np.ndarray:
+    """Rows ``[row_start, row_stop)`` of the (h, w, C) map ``values`` resized to ``shape`` (H, W).
+
+    Bilinear with pixel-centre alignment and edge replication, as ``cv2.resize`` with
+    ``INTER_LINEAR`` on the whole map, so bands can be produced one at a time.
+
+    Returns:
+        (row_stop - row_start, W, C) float32.
+    """
+    small_h, small_w = values.shape[:2]
+    height, width = shape
+    top, bottom, row_weight = linear_taps(np.arange(row_start, row_stop), small_h / height, small_h)
+    left, right, col_weight = linear_taps(np.arange(width), small_w / width, small_w)
+    rows = values[top] * (1 - row_weight)[:, None, None] + values[bottom] * row_weight[:, None, None]
+    out = rows[:, left] * (1 - col_weight)[None, :, None] + rows[:, right] * col_weight[None, :, None]
+    return out.astype(np.float32, copy=False)
+
+
+def linear_taps(index: np.ndarray, ratio: float, source_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear taps along one axis for output ``index`` (source = ``(index + 0.5) * ratio - 0.5``,
+    clipped to the axis): the two source indices and the weight of the second."""
+    source = np.clip((index + 0.5) * ratio - 0.5, 0, source_count - 1)
+    first = np.floor(source).astype(np.int64)
+    second = np.minimum(first + 1, source_count - 1)
+    return first, second, (source - first).astype(np.float32)
+
+
+def predict_scaled(
+    image: np.ndarray,
+    predict: Predictor,
+    spec: TileSpec,
+    sink: BandSink,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None,
+    band_rows: int = 256,
+) -> None:
+    """Windows on the image resized by ``spec.scale``; maps resized back in bands of ``band_rows``."""
+    height, width = image.shape[:2]
+    small_h, small_w = scaled_shape((height, width), spec.scale)
+    small = cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_LINEAR).reshape(small_h, small_w, -1)
+    collected = ArraySink(small_h)
+    predict_tiled(small, predict, replace(spec, scale=1.0), collected, batch_size, on_batch)
+    for row_start in range(0, height, band_rows):
+        row_stop = min(height, row_start + band_rows)
+        sink(row_start, row_stop, {name: resize_rows(values, (height, width), row_start, row_stop)
+                                   for name, values in collected.maps.items()})
+
+
 def window_count(shape: tuple[int, int], spec: TileSpec) -> int:
     """Number of windows :func:`predict_tiled` runs for an image of ``shape`` (H, W)."""
     if spec.resize_shorter is not None:
         return 1
+    shape = scaled_shape(shape, spec.scale)
     return len(plan_axis(shape[0], spec).input_starts) * len(plan_axis(shape[1], spec).input_starts)

@@ -48,17 +48,19 @@ print(json.dumps({"recipe": sys.argv[1], "images": "validation split (3)", **sco
 PY
 }
 
-# run_recipe FAMILY WIN STEP DATA OUT [EPOCHS]: cut the split's training tiles into WIN windows
-# (STEP apart), train FAMILY's cpu profile on them without validation, then score_valid.
+# run_recipe FAMILY WIN STEP DATA OUT [EPOCHS [EXTRACT_OPTION...]]: cut the split's training
+# tiles into WIN windows (STEP apart; extra extract_patches.py options after EPOCHS, which may
+# be empty), train FAMILY's cpu profile on them without validation, then score_valid.
 run_recipe() {
     local family=$1 win=$2 step=$3 data=$4 out=$5 epochs=${6:-}
+    shift $(($# < 6 ? $# : 6))
     export OMP_NUM_THREADS="${THREADS:-2}"
     epochs="${epochs:-$(budget_epochs "$family")}"     # half the epochs where the CPU lacks bf16
     mkdir -p "$out"
     local start trained
     start=$(date +%s)
     python extract_patches.py monuseg "$data" "$out/patches" --win "$win" --step "$step" --mode valid \
-        --split "$SPLIT:train" --format h5 --no-progress
+        --split "$SPLIT:train" --format h5 --no-progress "$@"
     python train.py --model "$family" --profile cpu --data "$out/patches/train.h5" --out "$out/run" \
         --num-threads "$OMP_NUM_THREADS" --quiet --set data.val_fraction=0.0 --set train.val_every=1000 \
         ${epochs:+--set "train.phases.0.epochs=$epochs"}

@@ -6,11 +6,12 @@
 # 1. the team's fixed split of the 13 MoNuSeg training tiles (benchmarks/recipes/monuseg_split.json:
 #    10 for training, 3 for validation, grouped by image, seed 0);
 # 2. the training tiles cut into 300x300 windows (step 164, valid mode, HDF5);
-# 3. train.py --profile cpu (fast-mode HoVer-Net, encoder units [1,1,1,1], encoder and decoders
-#    at quarter width, bf16 autocast, batch 2, Adam 2e-3 with cosine decay) for EPOCHS epochs
-#    (default: the profile's 20) with no validation during training;
-# 4. infer.py on the 3 validation tiles (1000x1000) and process.py scoring them against their
-#    annotations; the last line is one JSON object of scores.
+# 3. train.py --profile cpu (same-mode HoVer-Net: fast mode with "same"-padded decoders, encoder
+#    units [1,1,1,1], encoder and decoders at quarter width, bf16 autocast, batch 2, Adam 2e-3
+#    with cosine decay) for EPOCHS epochs (default: the profile's 20) with no validation;
+# 4. infer.py (the profile's 8-fold TTA) on the 3 validation tiles (1000x1000) and process.py
+#    (post-processing constants tuned on these tiles) scoring them against their annotations;
+#    the last line is one JSON object of scores.
 # DATA_DIR defaults to $HISTOSEG_DATA/monuseg or ../shared/data/monuseg beside the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

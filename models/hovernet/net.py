@@ -15,8 +15,11 @@ between the two lives in :mod:`models.hovernet.checkpoint`):
   units of BN-ReLU-1x1(128)-BN-ReLU-kxk(32, groups 4), valid) -> BN-ReLU -> 1x1 conv; ``up1``
   is a "same" k x k conv; ``head`` is BN-ReLU-1x1 conv with bias.
 
-The mode (window sizes and decoder kernel) is fixed once at construction by a
-:class:`Geometry`; nothing else in the network branches on it.
+The mode (window sizes, decoder kernel and padding) is fixed once at construction by a
+:class:`Geometry`; nothing else in the network branches on it. Besides the two published
+modes, ``same`` is fast mode with every decoder conv zero-padded ("same"), so the output
+window equals the input window (256 -> 256 px): not a published network, but the same
+parameters and 2.4x the supervised pixels per training window for CPU budgets.
 """
 
 from __future__ import annotations
@@ -53,25 +56,28 @@ class Geometry:
     """Window geometry of one HoVer-Net mode (sides in pixels).
 
     Attributes:
-        mode: ``'original'`` or ``'fast'``.
+        mode: ``'original'``, ``'fast'`` or ``'same'``.
         input_size: the published input window side (270 / 256).
         decoder_ksize: kernel side of the decoders' convolutions (5 / 3).
         stem_padding: zero padding on each side of the 7x7 stem conv (0 = valid / 3 = same).
+        decoder_padding: zero padding on each side of the decoders' k x k convs (0 = valid as
+            published; ``decoder_ksize // 2`` = same, output window = input window).
     """
 
     mode: str
     input_size: int
     decoder_ksize: int
     stem_padding: int
+    decoder_padding: int = 0
 
     @property
     def output_size(self) -> int:
-        """Output window side for the published input window (80 / 164)."""
+        """Output window side for the published input window (80 / 164; 256 in ``same`` mode)."""
         return self.output_size_for(self.input_size)
 
     @property
     def min_input_size(self) -> int:
-        """Smallest valid input side: 8 px less per 8 px of output above 0 (198 / 96)."""
+        """Smallest valid input side: 8 px less per 8 px of output above 0 (198 / 96 / 8)."""
         return self.input_size - ENCODER_DOWNSAMPLING * ((self.output_size - 1) // ENCODER_DOWNSAMPLING)
 
     def output_size_for(self, input_size: int) -> int:
@@ -95,7 +101,7 @@ class Geometry:
 
     def _up2_side(self, stem_side: int) -> int:
         """Side of the ``up2`` decoder output for a stem output side (<= 0: too small)."""
-        dense_loss = self.decoder_ksize - 1
+        dense_loss = self.decoder_ksize - 1 - 2 * self.decoder_padding
         up3_side = 2 * (stem_side // ENCODER_DOWNSAMPLING) - dense_loss * (1 + UP3_DENSE_UNITS)
         return 2 * up3_side - dense_loss * (1 + UP2_DENSE_UNITS)
 
@@ -103,6 +109,7 @@ class Geometry:
 GEOMETRIES: dict[str, Geometry] = {
     "original": Geometry(mode="original", input_size=270, decoder_ksize=5, stem_padding=0),
     "fast": Geometry(mode="fast", input_size=256, decoder_ksize=3, stem_padding=3),
+    "same": Geometry(mode="same", input_size=256, decoder_ksize=3, stem_padding=3, decoder_padding=1),
 }
 
 
@@ -199,37 +206,51 @@ class ResidualGroup(nn.Module):
 
 
 class DenseUnit(nn.Module):
-    """BN-ReLU 1x1 conv (``mid_ch``, published 128) -> BN-ReLU k x k valid grouped conv
-    (``growth`` new channels, published 32; 4 groups)."""
+    """BN-ReLU 1x1 conv (``mid_ch``, published 128) -> BN-ReLU k x k grouped conv (``growth``
+    new channels, published 32; 4 groups; ``padding`` zeros per side, published 0 = valid)."""
 
     def __init__(
-        self, in_ch: int, ksize: int, mid_ch: int = DENSE_BOTTLENECK_CHANNELS, growth: int = DENSE_GROWTH
+        self,
+        in_ch: int,
+        ksize: int,
+        mid_ch: int = DENSE_BOTTLENECK_CHANNELS,
+        growth: int = DENSE_GROWTH,
+        padding: int = 0,
     ) -> None:
         super().__init__()
         self.preact_bn = nn.BatchNorm2d(in_ch, eps=BN_EPS)
         self.conv1 = nn.Conv2d(in_ch, mid_ch, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(mid_ch, eps=BN_EPS)
-        self.conv2 = nn.Conv2d(mid_ch, growth, ksize, groups=DENSE_GROUPS, bias=False)
+        self.conv2 = nn.Conv2d(mid_ch, growth, ksize, padding=padding, groups=DENSE_GROUPS, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_ch, H, W) -> (N, growth, H - k + 1, W - k + 1)."""
+        """(N, in_ch, H, W) -> (N, growth, H - k + 1 + 2p, W - k + 1 + 2p), p = padding."""
         x = self.conv1(F.relu(self.preact_bn(x)))
         return self.conv2(F.relu(self.bn1(x)))
 
 
 class DenseBlock(nn.Module):
-    """Dense block of valid units; earlier features are centre-cropped before concatenation."""
+    """Dense block of units (valid as published: earlier features are centre-cropped before
+    concatenation)."""
 
     def __init__(
-        self, in_ch: int, nr_units: int, ksize: int, mid_ch: int = DENSE_BOTTLENECK_CHANNELS, growth: int = DENSE_GROWTH
+        self,
+        in_ch: int,
+        nr_units: int,
+        ksize: int,
+        mid_ch: int = DENSE_BOTTLENECK_CHANNELS,
+        growth: int = DENSE_GROWTH,
+        padding: int = 0,
     ) -> None:
         super().__init__()
-        self.units = nn.ModuleList(DenseUnit(in_ch + idx * growth, ksize, mid_ch, growth) for idx in range(nr_units))
+        self.units = nn.ModuleList(
+            DenseUnit(in_ch + idx * growth, ksize, mid_ch, growth, padding) for idx in range(nr_units)
+        )
         self.out_ch = in_ch + nr_units * growth
         self.out_bn = nn.BatchNorm2d(self.out_ch, eps=BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_ch, H, W) -> (N, in_ch + growth * units, H - units * (k - 1), W - units * (k - 1))."""
+        """(N, in_ch, H, W) -> (N, in_ch + growth * units, H - units * (k - 1 - 2p), same for W)."""
         for unit in self.units:
             new = unit(x)
             x = torch.cat([centre_crop(x, new.shape[-2], new.shape[-1]), new], dim=1)
@@ -237,24 +258,33 @@ class DenseBlock(nn.Module):
 
 
 class DenseStage(nn.Module):
-    """Decoder stage ``up3`` / ``up2``: valid k x k conv -> dense block -> 1x1 conv."""
+    """Decoder stage ``up3`` / ``up2``: k x k conv -> dense block -> 1x1 conv (``padding`` zeros
+    per side of the k x k convs; published 0 = valid)."""
 
     def __init__(
-        self, in_ch: int, mid_ch: int, nr_units: int, out_ch: int, ksize: int, dense_width: float = 1.0
+        self,
+        in_ch: int,
+        mid_ch: int,
+        nr_units: int,
+        out_ch: int,
+        ksize: int,
+        dense_width: float = 1.0,
+        padding: int = 0,
     ) -> None:
         super().__init__()
-        self.conv_in = nn.Conv2d(in_ch, mid_ch, ksize, bias=False)
+        self.conv_in = nn.Conv2d(in_ch, mid_ch, ksize, padding=padding, bias=False)
         self.dense = DenseBlock(
             mid_ch,
             nr_units,
             ksize,
             mid_ch=grouped_channels(DENSE_BOTTLENECK_CHANNELS, dense_width),
             growth=grouped_channels(DENSE_GROWTH, dense_width),
+            padding=padding,
         )
         self.conv_out = nn.Conv2d(self.dense.out_ch, out_ch, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_ch, H, W) -> (N, out_ch, H - (units + 1)(k - 1), W - (units + 1)(k - 1))."""
+        """(N, in_ch, H, W) -> (N, out_ch, H - (units + 1)(k - 1 - 2p), same for W)."""
         return self.conv_out(self.dense(self.conv_in(x)))
 
 
@@ -296,16 +326,19 @@ class Decoder(nn.Module):
             dense bottleneck 128 and growth 32, the last two rounded to multiples of the 4
             groups); 1.0 = published. Dense unit counts and kernels, hence the windows,
             do not change.
+        padding: zeros per side of the ``up3``/``up2`` k x k convs (0 = valid as published).
     """
 
-    def __init__(self, skip_channels: Sequence[int], out_ch: int, ksize: int, width: float = 1.0) -> None:
+    def __init__(
+        self, skip_channels: Sequence[int], out_ch: int, ksize: int, width: float = 1.0, padding: int = 0
+    ) -> None:
         super().__init__()
         d0_ch, d1_ch, d2_ch = skip_channels
         up3_ch = scaled_channels(UP3_CHANNELS, width)
         up2_ch = scaled_channels(UP2_CHANNELS, width)
         up1_ch = scaled_channels(UP1_CHANNELS, width)
-        self.up3 = DenseStage(d2_ch, up3_ch, UP3_DENSE_UNITS, d1_ch, ksize, width)
-        self.up2 = DenseStage(d1_ch, up2_ch, UP2_DENSE_UNITS, d0_ch, ksize, width)
+        self.up3 = DenseStage(d2_ch, up3_ch, UP3_DENSE_UNITS, d1_ch, ksize, width, padding)
+        self.up2 = DenseStage(d1_ch, up2_ch, UP2_DENSE_UNITS, d0_ch, ksize, width, padding)
         self.up1 = SameConvStage(d0_ch, up1_ch, ksize)
         self.head = Head(up1_ch, out_ch)
 
@@ -334,7 +367,8 @@ class HoVerNet(nn.Module):
 
     Args:
         nr_types: number of nuclear types including background; 0 = instance segmentation only.
-        mode: ``'original'`` (270 -> 80 px, 5x5 decoder) or ``'fast'`` (256 -> 164 px, 3x3).
+        mode: ``'original'`` (270 -> 80 px, 5x5 decoder), ``'fast'`` (256 -> 164 px, 3x3) or
+            ``'same'`` (fast with "same"-padded decoders, 256 -> 256 px; not published).
         units: residual units per encoder group (published: 3, 4, 6, 3).
         width: multiplier of every encoder channel count (stem, bottleneck mid and output
             channels); the convs reading or summed with encoder maps follow the encoder's
@@ -381,7 +415,9 @@ class HoVerNet(nn.Module):
         branch_channels = {"np": 2, "hv": 2, **({"tp": nr_types} if nr_types else {})}
         self.decoders = nn.ModuleDict(
             {
-                name: Decoder(out_chs[:3], ch, self.geometry.decoder_ksize, decoder_width)
+                name: Decoder(
+                    out_chs[:3], ch, self.geometry.decoder_ksize, decoder_width, self.geometry.decoder_padding
+                )
                 for name, ch in branch_channels.items()
             }
         )
@@ -393,7 +429,7 @@ class HoVerNet(nn.Module):
 
     @property
     def mode(self) -> str:
-        """``'original'`` or ``'fast'``."""
+        """``'original'``, ``'fast'`` or ``'same'``."""
         return self.geometry.mode
 
     def _init_weights(self) -> None:

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from misc.errors import UserError
-from misc.tiling import ArraySink, TileSpec, gather_window, plan_axis, predict_tiled, window_count
+import cv2
+
+from misc.tiling import ArraySink, TileSpec, gather_window, plan_axis, predict_tiled, resize_rows, window_count
 
 
 def centre_crop_predictor(spec: TileSpec):
@@ -100,6 +102,8 @@ def test_wrong_output_shape_is_user_error() -> None:
         ({"input_size": 10, "output_size": 10, "keep_margin": 2, "step": 7}, "step must be in"),
         ({"input_size": 10, "output_size": 10, "pad_mode": "edge"}, "pad_mode"),
         ({"input_size": 10, "output_size": 10, "resize_shorter": 0}, "resize_shorter"),
+        ({"input_size": 10, "output_size": 10, "scale": 0}, "scale must be a positive number"),
+        ({"input_size": 10, "output_size": 10, "scale": 0.5, "resize_shorter": 8}, "either scale or resize_shorter"),
     ],
 )
 def test_bad_spec_is_user_error(kwargs: dict, message: str) -> None:
@@ -110,6 +114,41 @@ def test_bad_spec_is_user_error(kwargs: dict, message: str) -> None:
 def test_from_config_reads_optional_keys() -> None:
     spec = TileSpec.from_config({"input_size": 208, "output_size": 208, "keep_margin": 40, "pad_mode": "zero"})
     assert (spec.stride, spec.context, spec.pad_mode) == (128, 0, "zero")
+
+
+def test_from_config_scales_by_network_over_image_magnification() -> None:
+    base = {"input_size": 16, "output_size": 16}
+    assert TileSpec.from_config({**base, "net_mag": 20, "mag": 40}).scale == 0.5
+    assert TileSpec.from_config({**base, "net_mag": None, "mag": 40}).scale == 1.0
+    assert TileSpec.from_config({**base, "net_mag": 40, "mag": 20}).scale == 2.0
+
+
+def test_resize_rows_bands_equal_a_whole_map_resize() -> None:
+    values = np.random.default_rng(1).random((33, 17, 6), dtype=np.float32)
+    expected = np.concatenate(
+        [cv2.resize(values[..., :3], (40, 65), interpolation=cv2.INTER_LINEAR),
+         cv2.resize(values[..., 3:], (40, 65), interpolation=cv2.INTER_LINEAR)], axis=-1
+    )
+    bands = np.concatenate([resize_rows(values, (65, 40), 0, 30), resize_rows(values, (65, 40), 30, 65)])
+    np.testing.assert_allclose(bands, expected, rtol=0, atol=1e-5)
+
+
+def test_scale_runs_the_windows_on_the_resized_image() -> None:
+    spec = TileSpec(input_size=8, output_size=8, scale=0.5)
+    seen = []
+
+    def predict(batch: np.ndarray) -> dict[str, np.ndarray]:
+        seen.append(batch.shape[0])
+        return {"rgb": batch.astype(np.float32)}
+
+    image = np.full((40, 60, 3), 50, np.uint8)
+    image[:, 30:] = 150
+    sink = ArraySink(40)
+    predict_tiled(image, predict, spec, sink, batch_size=100)
+    assert seen == [window_count((40, 60), spec)] == [3 * 4]  # a 20 x 30 image in 8 px windows
+    assert sink.maps["rgb"].shape == (40, 60, 3)
+    np.testing.assert_allclose(sink.maps["rgb"][:, :26], 50.0)
+    np.testing.assert_allclose(sink.maps["rgb"][:, 34:], 150.0)
 
 
 def test_resize_shorter_predicts_the_whole_resized_image_once() -> None:

@@ -10,6 +10,7 @@ import torch
 
 from config import load_config
 from misc.errors import UserError
+from misc.inference import infer_image
 from misc.synthetic import generate_tile
 from models import get_family
 from models.hovernet.family import HoVerNetFamily
@@ -26,7 +27,7 @@ def test_registered_under_hovernet():
     assert get_family("hovernet") is HoVerNetFamily
 
 
-@pytest.mark.parametrize("profile, windows", [("paper", (270, 80)), ("cpu", (256, 164)), ("demo", (256, 164))])
+@pytest.mark.parametrize("profile, windows", [("paper", (270, 80)), ("cpu", (256, 256)), ("demo", (256, 164))])
 def test_every_profile_has_matching_windows(profile, windows):
     builder = HoVerNetFamily(load_config("hovernet", profile)).target_builder()
     assert (builder.input_size, builder.output_size) == windows
@@ -55,6 +56,30 @@ def test_target_builder_output_for_a_typed_model():
     assert {k: v.shape for k, v in targets.items()} == {
         "image": (3, 120, 120), "np_map": (28, 28), "hv_map": (2, 28, 28), "tp_map": (28, 28)
     }
+
+
+def test_same_mode_targets_cover_the_whole_input_window():
+    image, inst_map, _ = generate_tile(0, (130, 130))
+    builder = family("model.mode=same", "infer.output_size=120").target_builder()
+    targets = builder({"image": image, "inst_map": inst_map})
+    assert {k: v.shape for k, v in targets.items()} == {"image": (3, 120, 120), "np_map": (120, 120), "hv_map": (2, 120, 120)}
+
+
+def test_same_mode_infers_a_whole_image_with_kept_margins():
+    fam = family("model.mode=same", "infer.input_size=64", "infer.output_size=64", "infer.keep_margin=8")
+    net = fam.build_network()
+    maps = infer_image(fam, net, generate_tile(1, (150, 130))[0], "cpu")
+    assert {k: v.shape for k, v in maps.items()} == {"np_prob": (150, 130, 1), "hv": (150, 130, 2)}
+
+
+def test_network_magnification_resizes_the_image_and_maps_back():
+    fam = family("model.mode=same", "infer.input_size=64", "infer.output_size=64", "infer.net_mag=20")
+    net = fam.build_network()
+    seen = []
+    net.register_forward_pre_hook(lambda _module, args: seen.append(tuple(args[0].shape)))
+    maps = infer_image(fam, net, generate_tile(1, (150, 130))[0], "cpu", batch_size=100)
+    assert seen == [(4, 3, 64, 64)]  # the image at half size (75 x 65) takes 2 x 2 windows, not 3 x 3
+    assert {k: v.shape for k, v in maps.items()} == {"np_prob": (150, 130, 1), "hv": (150, 130, 2)}
 
 
 def test_predict_returns_probabilities_of_the_output_window():

@@ -174,6 +174,49 @@ def test_invalid_input_size_is_a_user_error(mode, side):
         GEOMETRIES[mode].output_size_for(side)
 
 
+def test_same_mode_output_window_equals_input_window():
+    assert (GEOMETRIES["same"].input_size, GEOMETRIES["same"].output_size) == (256, 256)
+    assert GEOMETRIES["same"].output_size_for(96) == 96
+    assert GEOMETRIES["same"].min_input_size == 8
+
+
+def test_same_mode_rejects_sides_that_are_not_multiples_of_8():
+    with pytest.raises(UserError, match="input side of 100 px"):
+        GEOMETRIES["same"].output_size_for(100)
+
+
+def test_same_mode_forward_keeps_the_input_size():
+    net = HoVerNet(nr_types=3, mode="same", decoder_width=0.25, **TINY).eval()
+    with torch.no_grad():
+        out = net(torch.zeros(1, 3, 64, 72))
+    assert {name: tuple(o.shape) for name, o in out.items()} == {
+        "np": (1, 2, 64, 72), "hv": (1, 2, 64, 72), "tp": (1, 3, 64, 72),
+    }
+
+
+def test_same_mode_has_the_parameters_of_fast_mode():
+    fast, same = HoVerNet(nr_types=3, mode="fast", **TINY), HoVerNet(nr_types=3, mode="same", **TINY)
+    fast_shapes = {name: tuple(p.shape) for name, p in fast.state_dict().items()}
+    assert {name: tuple(p.shape) for name, p in same.state_dict().items()} == fast_shapes
+
+
+def test_same_mode_equals_fast_mode_inside_the_fast_window():
+    """Padding only adds border pixels: with fast-mode weights, the same-mode output at the fast
+    window's position equals the fast output (bar the 1 px ring that fast mode's padded ``up1``
+    conv pads with zeros)."""
+    torch.manual_seed(0)
+    fast = HoVerNet(mode="fast", decoder_width=0.25, **TINY).eval()
+    same = HoVerNet(mode="same", decoder_width=0.25, **TINY).eval()
+    same.load_state_dict(fast.state_dict())
+    images = 255.0 * torch.rand(1, 3, 160, 160, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fast_hv, same_hv = fast(images)["hv"], same(images)["hv"]
+    side = fast_hv.shape[-1]
+    offset = (160 - side) // 2
+    centre = same_hv[..., offset + 1 : offset + side - 1, offset + 1 : offset + side - 1]
+    torch.testing.assert_close(centre, fast_hv[..., 1:-1, 1:-1], rtol=0, atol=1e-4)
+
+
 def test_unknown_mode_is_a_user_error():
     with pytest.raises(UserError, match="unknown HoVer-Net mode 'pannuke'"):
         geometry_for("pannuke")
