@@ -31,6 +31,7 @@ from misc.errors import cli_main  # noqa: E402
 from misc.distributed import resolve_device  # noqa: E402
 from misc.inference import RawRef, infer_image, process_raw  # noqa: E402
 from misc.synthetic import generate_tile  # noqa: E402
+from misc.tiling import TileSpec, window_count  # noqa: E402
 from models import get_family  # noqa: E402
 from postproc.formats import FORMATS  # noqa: E402
 
@@ -43,13 +44,16 @@ SETTINGS = (
 
 def bench_infer(name: str, profile: str, overrides: list[str], device: torch.device, grid: int,
                 batch_size: int | None) -> dict:
-    """Tiles per second of tiled HoVer-Net inference on a ``grid`` x ``grid``-window image."""
+    """Windows per second of tiled HoVer-Net inference on an image of ``grid`` x ``grid`` window steps
+    (with the profile's TTA, if any)."""
     cfg = load_config("hovernet", profile, overrides=[*overrides, "model.pretrained=null"])
     family = get_family("hovernet")(cfg)
     net = family.build_network().to(device).eval()
     infer_cfg = cfg["infer"]
-    side = grid * infer_cfg["output_size"]
+    spec = TileSpec.from_config(infer_cfg)
+    side = grid * spec.stride
     image = generate_tile(0, (side, side))[0]
+    tiles = window_count((side, side), spec)
     batch = batch_size or infer_cfg["batch_size"]
     infer_image(family, net, image[: infer_cfg["output_size"], : infer_cfg["output_size"]], device, batch)  # warm-up
     if device.type == "cuda":
@@ -62,8 +66,8 @@ def bench_infer(name: str, profile: str, overrides: list[str], device: torch.dev
     return {
         "bench": "infer", "setting": name, "profile": profile, "mode": cfg["model"]["mode"],
         "encoder": cfg["model"]["encoder"], "window": [infer_cfg["input_size"], infer_cfg["output_size"]],
-        "batch_size": batch, "tiles": grid * grid, "device": str(device), "threads": torch.get_num_threads(),
-        "tiles_per_s": round(grid * grid / seconds, 3), "seconds": round(seconds, 2),
+        "tta": bool(infer_cfg.get("tta")), "batch_size": batch, "tiles": tiles, "device": str(device),
+        "threads": torch.get_num_threads(), "tiles_per_s": round(tiles / seconds, 3), "seconds": round(seconds, 2),
     }
 
 
