@@ -238,9 +238,7 @@ def predict_resized(image: np.ndarray, predict: Predictor, shorter: int, sink: B
         if values.ndim != 4 or values.shape[:3] != (1, small_h, small_w):
             raise UserError(f"tiling: predicted map '{name}' has shape {values.shape}; expected "
                             f"(1, {small_h}, {small_w}, C) for the image resized to a shorter side of {shorter}")
-        channels = values.shape[3]
-        back = cv2.resize(np.ascontiguousarray(values[0], np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-        maps[name] = back.reshape(height, width, channels)
+        maps[name] = resize_rows(values[0], (height, width), 0, height)
     sink(0, height, maps)
 
 
