@@ -213,8 +213,7 @@ def _check_outputs(outputs: dict[str, np.ndarray], count: int, size: int) -> Non
 
 def resized_shape(shape: tuple[int, int], shorter: int) -> tuple[int, int]:
     """(H, W) scaled so that the shorter side is ``shorter`` px (the longer side rounded, >= 1)."""
-    scale = shorter / min(shape)
-    return tuple(max(1, int(round(side * scale))) for side in shape)  # type: ignore[return-value]
+    return scaled_shape(shape, shorter / min(shape))
 
 
 def predict_resized(image: np.ndarray, predict: Predictor, shorter: int, sink: BandSink) -> None:
