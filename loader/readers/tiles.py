@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 
-from loader.readers.annotations import aperio_mpp, read_aperio_xml, read_cpm_mask, read_geojson
+from loader.readers.annotations import APERIO_VERTEX_OFFSET, aperio_mpp, read_aperio_xml, read_cpm_mask, read_geojson
 from loader.readers.core import Arrays, ClassMap, Record
 from loader.readers.files import (
     as_label,
@@ -100,12 +100,16 @@ def read_consep_mat(root: Path, split: str | None, *, allow_grey: bool = False, 
 
 
 def read_monuseg(
-    root: Path, split: str | None, *, allow_grey: bool = False, images: str = "images", annotations: str = "annotations"
+    root: Path, split: str | None, *, allow_grey: bool = False, images: str = "images", annotations: str = "annotations",
+    vertex_offset: float = APERIO_VERTEX_OFFSET,
 ) -> list[Record]:
     """MoNuSeg: ``images/*.tif`` + ``annotations/*.xml`` (Aperio XML, one ``<Region>`` per nucleus).
 
     A folder holding both ``.tif`` and ``.xml`` (the official test release) also works.
-    ``.mpp`` is the XML's ``MicronsPerPixel`` when set, else 0.25 (40x).
+    ``.mpp`` is the XML's ``MicronsPerPixel`` when set, else 0.25 (40x). ``vertex_offset``
+    (pixels subtracted from the XML's vertices before filling) defaults to 0.5, the pixel-corner
+    to pixel-centre shift (see :data:`loader.readers.annotations.APERIO_VERTEX_OFFSET`); 0 fills
+    the file's coordinates as they are.
     """
     records = []
     for part, folder in split_roots(root, split, ("train", "test")):
@@ -118,7 +122,7 @@ def read_monuseg(
 
             def load(image_path: Path = image_path, xml_path: Path = xml_path) -> Arrays:
                 image = read_image(image_path, allow_grey)
-                return Arrays(image, read_aperio_xml(xml_path, image.shape[:2]))
+                return Arrays(image, read_aperio_xml(xml_path, image.shape[:2], vertex_offset))
 
             name = _part_name(part, image_path.stem)
             mpp = aperio_mpp(xml_path) or MPP_40X

@@ -47,7 +47,21 @@ def write_aperio_xml(path: Path, regions: list[list[tuple[float, float]]], mpp: 
     )
     return path
 
+#: Vertices in ImageScope's pixel-corner convention: the rectangle from corner (1, 1) to corner
+#: (4, 3) covers exactly the 3 x 2 pixels of its area.
 MONUSEG_EXPECTED = np.array(
+    [
+        [0, 0, 0, 0, 0, 0, 0, 0],
+        [0, 1, 1, 1, 0, 0, 0, 0],
+        [0, 1, 1, 3, 3, 3, 3, 0],
+        [0, 0, 0, 3, 3, 3, 3, 0],
+        [0, 0, 0, 3, 3, 3, 3, 0],
+        [0, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    dtype=np.int32,
+)
+#: The same vertices filled as pixel-centre coordinates (``vertex_offset=0``).
+MONUSEG_EXPECTED_CENTRES = np.array(
     [
         [0, 0, 0, 0, 0, 0, 0, 0],
         [0, 1, 1, 1, 1, 0, 0, 0],
@@ -76,6 +90,16 @@ def test_aperio_xml_overwrites_and_skips_short_regions(tmp_path: Path, caplog: p
     np.testing.assert_array_equal(inst_map, MONUSEG_EXPECTED)
     assert inst_map.dtype == np.int32
     assert "1 region(s) with fewer than 3 vertices skipped" in caplog.text
+
+
+def test_aperio_xml_without_vertex_offset_fills_centre_coordinates(tmp_path: Path) -> None:
+    xml = write_aperio_xml(tmp_path / "tile.xml", MONUSEG_REGIONS)
+    np.testing.assert_array_equal(read_aperio_xml(xml, (6, 8), vertex_offset=0), MONUSEG_EXPECTED_CENTRES)
+
+
+def test_monuseg_vertex_offset_reader_option(monuseg_root: Path) -> None:
+    sample = read_dataset("monuseg", monuseg_root, vertex_offset=0)[0]
+    np.testing.assert_array_equal(sample.inst_map, MONUSEG_EXPECTED_CENTRES)
 
 
 def test_monuseg_reads_pair_with_xml_mpp(monuseg_root: Path) -> None:
