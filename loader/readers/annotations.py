@@ -160,14 +160,22 @@ def _feature_rings(feature: dict, path: Path) -> list[tuple[np.ndarray, list[np.
         raise UserError(f"{path}: a {kind} feature has malformed coordinates") from None
 
 
+#: QuPath's coordinates use the same pixel-corner convention as ImageScope's (and our
+#: GeoJSON writer's, :func:`postproc.formats.pixel_edge_ring`).
+QUPATH_VERTEX_OFFSET = 0.5
+
+
 def read_geojson(
-    path: str | os.PathLike, shape: tuple[int, int], class_names: Sequence[str] | None = None
+    path: str | os.PathLike, shape: tuple[int, int], class_names: Sequence[str] | None = None,
+    vertex_offset: float = QUPATH_VERTEX_OFFSET,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Rasterise a QuPath GeoJSON export (Polygon/MultiPolygon features, level-0 pixels).
 
     Feature ``i`` (0-based, counting only Polygon/MultiPolygon features) gets instance id
     ``i + 1``; all parts of a MultiPolygon share it; holes are cleared; later features
-    overwrite earlier ones. Vertices are filled as ``skimage.draw.polygon(rows=y, cols=x)``.
+    overwrite earlier ones. Vertices move by ``-vertex_offset`` (pixel-corner to pixel-centre
+    coordinates; 0 fills the file's numbers as they are) and are filled as
+    ``skimage.draw.polygon(rows=y, cols=x)``.
 
     Args:
         class_names: type ``k`` is ``class_names[k - 1]``, matched to ``classification.name``;
@@ -199,7 +207,7 @@ def read_geojson(
                 raise UserError(f"{path}: feature {inst_id} has class {name!r}; expected one of {list(class_names)}")
             type_id = list(class_names).index(name) + 1
         for exterior, holes in rings:
-            window, mask = _ring_mask(exterior, holes, shape)
+            window, mask = _ring_mask(exterior - vertex_offset, [hole - vertex_offset for hole in holes], shape)
             inst_map[window][mask] = inst_id
             if type_map is not None:
                 type_map[window][mask] = type_id

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 
-from loader.readers.annotations import APERIO_VERTEX_OFFSET, aperio_mpp, read_aperio_xml, read_cpm_mask, read_geojson
+from loader.readers.annotations import APERIO_VERTEX_OFFSET, QUPATH_VERTEX_OFFSET, aperio_mpp, read_aperio_xml, read_cpm_mask, read_geojson
 from loader.readers.core import Arrays, ClassMap, Record
 from loader.readers.files import (
     as_label,
@@ -253,11 +253,13 @@ def read_geojson_dataset(
     class_names: Sequence[str] | str | None = None,
     images: str = "images",
     annotations: str = "annotations",
+    vertex_offset: float = QUPATH_VERTEX_OFFSET,
 ) -> list[Record]:
     """Images + QuPath GeoJSON exports (``<stem>.geojson`` or ``<stem>.json``) matched by stem.
 
     Files sit together in one folder or in ``images/`` + ``annotations/``. Features'
     ``classification.name`` become types through ``class_names`` (type k = k-th name).
+    ``vertex_offset``: see :func:`loader.readers.annotations.read_geojson`.
     """
     names = _names_option(class_names)
     records = []
@@ -268,7 +270,7 @@ def read_geojson_dataset(
 
             def load(image_path: Path = image_path, geo_path: Path = geo_path) -> Arrays:
                 image = read_image(image_path, allow_grey)
-                inst_map, type_map = read_geojson(geo_path, image.shape[:2], names)
+                inst_map, type_map = read_geojson(geo_path, image.shape[:2], names, vertex_offset)
                 return Arrays(image, inst_map, type_map)
 
             records.append(Record(image_path.stem, image_path, load, class_names=names))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ import tifffile
 from PIL import Image
 
 from loader import read_dataset
-from loader.readers import read_aperio_xml
+from loader.readers import read_aperio_xml, read_geojson
 from misc.errors import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -259,7 +260,8 @@ def test_rcc_missing_key_names_file_and_keys(tmp_path: Path) -> None:
 def test_geojson_polygons_holes_multipolygon_classes(tmp_path: Path) -> None:
     _png(tmp_path / "tile.png", (6, 8))
     shutil.copy(FIXTURES / "qupath_tile.geojson", tmp_path / "tile.geojson")
-    sample = read_dataset("geojson", tmp_path, class_names=["Stroma", "Tumor"], mpp=0.5)[0]
+    # the fixture's vertices are pixel centres, hence vertex_offset=0 (QuPath's own are corners)
+    sample = read_dataset("geojson", tmp_path, class_names=["Stroma", "Tumor"], mpp=0.5, vertex_offset=0)[0]
     expected_inst = [
         [1, 1, 1, 1, 1, 0, 2, 2],
         [1, 1, 1, 1, 1, 0, 2, 2],
@@ -271,6 +273,17 @@ def test_geojson_polygons_holes_multipolygon_classes(tmp_path: Path) -> None:
     np.testing.assert_array_equal(sample.inst_map, expected_inst)
     np.testing.assert_array_equal(sample.type_map, np.where(np.array(expected_inst) == 1, 2, np.array(expected_inst) > 0))
     assert sample.mpp == 0.5 and sample.class_names == ("Stroma", "Tumor")
+
+
+def test_geojson_corner_coordinates_fill_the_pixels_they_enclose(tmp_path: Path) -> None:
+    square = [[1, 1], [4, 1], [4, 3], [1, 3], [1, 1]]
+    path = tmp_path / "tile.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]}, "properties": {}}]}))
+    inst_map, _ = read_geojson(path, (5, 6))
+    expected = np.zeros((5, 6), np.int32)
+    expected[1:3, 1:4] = 1
+    np.testing.assert_array_equal(inst_map, expected)
 
 
 def test_geojson_without_class_list_has_no_types(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import errno
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import scipy.io
@@ -15,7 +16,9 @@ import process
 from misc.errors import UserError
 from misc.inference import process_folder, run_folder
 from misc.io import read_image, write_image
-from postproc.formats import geojson_collection
+from loader.readers import read_geojson
+from postproc.formats import geojson_collection, pixel_edge_ring
+from postproc.instances import instance_info
 from tests.infer.toy_family import ToyFamily, nuclei_image, toy_family
 
 TYPE_INFO = {0: ("background", (0, 0, 0)), 1: ("dark", (0, 255, 0)), 2: ("red", (0, 0, 255))}
@@ -86,11 +89,32 @@ def test_geojson_polygons_rasterise_to_the_instances(raw_dir: Path, tmp_path: Pa
         assert feature["properties"]["objectType"] == "detection"
         name, colour = TYPE_INFO[expected["inst_info"][inst_id]["type"]]
         assert feature["properties"]["classification"] == {"name": name, "color": list(colour)}
-        rows, cols = polygon(ring[:, 1], ring[:, 0], shape=expected["inst_map"].shape)
+        rows, cols = polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape=expected["inst_map"].shape)  # corners -> centres
         drawn = np.zeros(expected["inst_map"].shape, bool)
         drawn[rows, cols] = True
         truth = expected["inst_map"] == inst_id
         assert (drawn & truth).sum() / (drawn | truth).sum() >= 0.9
+
+
+def test_geojson_round_trip_through_the_reader_gives_the_instances(raw_dir: Path, tmp_path: Path) -> None:
+    process_folder(raw_dir, tmp_path / "out", formats=["geojson"], show_progress=False)
+    expected = expected_result(raw_dir, "tile1")["inst_map"]
+    inst_map, _ = read_geojson(tmp_path / "out" / "geojson" / "tile1.geojson", expected.shape)
+    assert inst_map.max() == len(np.unique(expected)) - 1
+    for found in np.unique(inst_map[inst_map > 0]):
+        assert len(np.unique(expected[inst_map == found])) == 1
+    np.testing.assert_array_equal(inst_map > 0, expected > 0)
+
+
+def test_pixel_edge_ring_encloses_the_pixel_count() -> None:
+    inst_map = np.zeros((40, 40), np.int32)
+    cv2.circle(inst_map, (20, 18), 9, 1, -1)
+    contour = instance_info(inst_map)[1]["contour"]
+    ring = pixel_edge_ring(np.array(contour))
+    x, y = ring[:, 0], ring[:, 1]
+    area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+    assert abs(area - (inst_map == 1).sum()) / (inst_map == 1).sum() < 0.01
+    assert x.min() == 11 and x.max() == 30 and y.min() == 9 and y.max() == 28
 
 
 def test_geojson_untyped_nuclei_get_a_class_and_tiny_contours_are_skipped() -> None:
@@ -102,7 +126,8 @@ def test_geojson_untyped_nuclei_get_a_class_and_tiny_contours_are_skipped() -> N
     features = geojson_collection(info)["features"]
     assert [f["id"] for f in features] == ["1"]
     assert features[0]["properties"]["classification"] == {"name": "nucleus", "color": [255, 255, 0]}
-    assert features[0]["geometry"]["coordinates"] == [[[0, 0], [0, 2], [2, 2], [2, 0], [0, 0]]]
+    assert features[0]["geometry"]["coordinates"] == [[[2.75, 3], [0.25, 3], [0, 2.75], [0, 0.25], [0.25, 0], [2.75, 0],
+                                                       [3, 0.25], [3, 2.75], [2.75, 3]]]
 
 
 def test_overlay_is_coloured_by_type(raw_dir: Path, tmp_path: Path) -> None:
