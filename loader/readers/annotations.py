@@ -29,15 +29,14 @@ def _parse_xml(path: Path) -> ET.Element:
         raise UserError(f"{path}: not valid XML ({err})") from None
 
 
-#: Aperio ImageScope vertices use the pixel-corner convention ((0, 0) is the top-left corner
-#: of the first pixel); skimage.draw tests pixel centres at integer coordinates, so vertices
-#: move by -0.5 px before filling. On the 13 MoNuSeg training tiles the nuclear stain then
-#: lines up with the filled masks (correlation peak at +0.14 / +0.03 px in y / x, against
-#: -0.36 / -0.48 px without the shift).
-APERIO_VERTEX_OFFSET = 0.5
+#: Slide viewers (Aperio ImageScope, QuPath) write vertices in the pixel-corner convention
+#: ((0, 0) is the top-left corner of the first pixel); skimage.draw tests pixel centres at
+#: integer coordinates, so vertices move by -0.5 px before filling. On MoNuSeg the nuclear
+#: stain then lines up with the filled masks (tests/loader/test_readers_realdata.py).
+PIXEL_CORNER_OFFSET = 0.5
 
 
-def aperio_regions(path: str | os.PathLike, vertex_offset: float = APERIO_VERTEX_OFFSET) -> list[np.ndarray]:
+def aperio_regions(path: str | os.PathLike, vertex_offset: float = PIXEL_CORNER_OFFSET) -> list[np.ndarray]:
     """Polygons of an Aperio ImageScope XML, one per ``<Region>``, in document order.
 
     Args:
@@ -96,7 +95,7 @@ def rasterise_polygons(polygons: Sequence[np.ndarray], shape: tuple[int, int], s
 
 
 def read_aperio_xml(path: str | os.PathLike, shape: tuple[int, int],
-                    vertex_offset: float = APERIO_VERTEX_OFFSET) -> np.ndarray:
+                    vertex_offset: float = PIXEL_CORNER_OFFSET) -> np.ndarray:
     """Instance map of an Aperio XML (MoNuSeg): (H, W) int32, region ``i`` in file order -> id ``i``.
 
     Ids of skipped (< 3 vertices) or fully overwritten regions are absent, so ids may have gaps.
@@ -160,21 +159,17 @@ def _feature_rings(feature: dict, path: Path) -> list[tuple[np.ndarray, list[np.
         raise UserError(f"{path}: a {kind} feature has malformed coordinates") from None
 
 
-#: QuPath's coordinates use the same pixel-corner convention as ImageScope's (and our
-#: GeoJSON writer's, :func:`postproc.formats.pixel_edge_ring`).
-QUPATH_VERTEX_OFFSET = 0.5
-
-
 def read_geojson(
     path: str | os.PathLike, shape: tuple[int, int], class_names: Sequence[str] | None = None,
-    vertex_offset: float = QUPATH_VERTEX_OFFSET,
+    vertex_offset: float = PIXEL_CORNER_OFFSET,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Rasterise a QuPath GeoJSON export (Polygon/MultiPolygon features, level-0 pixels).
 
     Feature ``i`` (0-based, counting only Polygon/MultiPolygon features) gets instance id
     ``i + 1``; all parts of a MultiPolygon share it; holes are cleared; later features
     overwrite earlier ones. Vertices move by ``-vertex_offset`` (pixel-corner to pixel-centre
-    coordinates; 0 fills the file's numbers as they are) and are filled as
+    coordinates, as QuPath and our writer :func:`postproc.formats.pixel_edge_ring` use them;
+    0 fills the file's numbers as they are) and are filled as
     ``skimage.draw.polygon(rows=y, cols=x)``.
 
     Args:

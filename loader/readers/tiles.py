@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 
-from loader.readers.annotations import APERIO_VERTEX_OFFSET, QUPATH_VERTEX_OFFSET, aperio_mpp, read_aperio_xml, read_cpm_mask, read_geojson
+from loader.readers.annotations import PIXEL_CORNER_OFFSET, aperio_mpp, read_aperio_xml, read_cpm_mask, read_geojson
 from loader.readers.core import Arrays, ClassMap, Record
 from loader.readers.files import (
     as_label,
@@ -101,14 +101,14 @@ def read_consep_mat(root: Path, split: str | None, *, allow_grey: bool = False, 
 
 def read_monuseg(
     root: Path, split: str | None, *, allow_grey: bool = False, images: str = "images", annotations: str = "annotations",
-    vertex_offset: float = APERIO_VERTEX_OFFSET,
+    vertex_offset: float = PIXEL_CORNER_OFFSET,
 ) -> list[Record]:
     """MoNuSeg: ``images/*.tif`` + ``annotations/*.xml`` (Aperio XML, one ``<Region>`` per nucleus).
 
     A folder holding both ``.tif`` and ``.xml`` (the official test release) also works.
     ``.mpp`` is the XML's ``MicronsPerPixel`` when set, else 0.25 (40x). ``vertex_offset``
     (pixels subtracted from the XML's vertices before filling) defaults to 0.5, the pixel-corner
-    to pixel-centre shift (see :data:`loader.readers.annotations.APERIO_VERTEX_OFFSET`); 0 fills
+    to pixel-centre shift (see :data:`loader.readers.annotations.PIXEL_CORNER_OFFSET`); 0 fills
     the file's coordinates as they are.
     """
     records = []
@@ -253,7 +253,7 @@ def read_geojson_dataset(
     class_names: Sequence[str] | str | None = None,
     images: str = "images",
     annotations: str = "annotations",
-    vertex_offset: float = QUPATH_VERTEX_OFFSET,
+    vertex_offset: float = PIXEL_CORNER_OFFSET,
 ) -> list[Record]:
     """Images + QuPath GeoJSON exports (``<stem>.geojson`` or ``<stem>.json``) matched by stem.
 
