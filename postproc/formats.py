@@ -108,7 +108,8 @@ def pixel_edge_ring(contour: np.ndarray) -> np.ndarray:
     ring = max(find_contours(upsampled, 0.5), key=len)[:-1]
     before, after = ring - np.roll(ring, 1, axis=0), np.roll(ring, -1, axis=0) - ring
     ring = ring[np.abs(before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]) > 1e-9]
-    return (ring[:, ::-1] - 1 + 0.5) / 2 + origin  # (row, col) -> (x, y); undo the pad, centres -> corners, undo the 2x
+    # (row, col) -> (x, y), then undo the pad, move centres to corners and undo the 2x upsampling
+    return (ring[:, ::-1] - 1 + 0.5) / 2 + origin
 
 
 def nucleus_dict(inst_info: Mapping[int, Mapping]) -> dict[str, dict]:
