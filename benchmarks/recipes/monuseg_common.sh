@@ -1,6 +1,10 @@
 # Shared steps of the MoNuSeg CPU recipes (sourced, not run): the fixed split, and scoring a
 # checkpoint on the split's validation tiles through infer.py + process.py.
-SPLIT=benchmarks/recipes/monuseg_split.json
+# SPLIT, TRAIN_PART and VALID_PART name the split file and its two parts (the cross-validation
+# script sets them per fold).
+SPLIT=${SPLIT:-benchmarks/recipes/monuseg_split.json}
+TRAIN_PART=${TRAIN_PART:-train}
+VALID_PART=${VALID_PART:-valid}
 
 # budget_epochs FAMILY: nothing on CPUs with native bf16 (the cpu profile's epochs fit the
 # budget), else half the cpu profile's epochs (float32 steps take twice as long).
@@ -14,14 +18,14 @@ print("" if cpu_bf16_supported() else max(1, epochs // 2))
 PY
 }
 
-# link_valid_images DATA OUT: symlink the validation tiles of $SPLIT into OUT.
+# link_valid_images DATA OUT: symlink the $VALID_PART tiles of $SPLIT into OUT.
 link_valid_images() {
-    python - "$SPLIT" "$1" "$2" <<'PY'
+    python - "$SPLIT" "$VALID_PART" "$1" "$2" <<'PY'
 import json, os, sys
 from pathlib import Path
-split, data, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+split, part, data, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
 out.mkdir(parents=True, exist_ok=True)
-for name in json.loads(split.read_text())["parts"]["valid"]:
+for name in json.loads(split.read_text())["parts"][part]:
     link = out / f"{name}.tif"
     if not link.exists():
         os.symlink((data / "images" / f"{name}.tif").resolve(), link)
@@ -39,11 +43,13 @@ score_valid() {
     local end
     end=$(date +%s)
     echo "checkpoint: $checkpoint"
-    python - "$recipe" "$out/pred/metrics.json" "$((trained - start))" "$((end - start))" <<'PY'
+    python - "$recipe" "$out/pred/metrics.json" "$((trained - start))" "$((end - start))" "$VALID_PART" <<'PY'
 import json, sys
-means = json.load(open(sys.argv[2]))["mean"]
+metrics = json.load(open(sys.argv[2]))
+means = metrics["mean"]
 scores = {key: round(means[key]["mean"], 4) for key in ("pq", "dq", "sq", "dice", "aji", "aji_plus")}
-print(json.dumps({"recipe": sys.argv[1], "images": "validation split (3)", **scores,
+images = f"{sys.argv[5]} ({len(metrics['per_image'])})"
+print(json.dumps({"recipe": sys.argv[1], "images": images, **scores,
                   "train_seconds": int(sys.argv[3]), "total_seconds": int(sys.argv[4])}))
 PY
 }
@@ -60,8 +66,8 @@ run_recipe() {
     local start trained
     start=$(date +%s)
     python extract_patches.py monuseg "$data" "$out/patches" --win "$win" --step "$step" --mode valid \
-        --split "$SPLIT:train" --format h5 --no-progress "$@"
-    python train.py --model "$family" --profile cpu --data "$out/patches/train.h5" --out "$out/run" \
+        --split "$SPLIT:$TRAIN_PART" --format h5 --no-progress "$@"
+    python train.py --model "$family" --profile cpu --data "$out/patches/$TRAIN_PART.h5" --out "$out/run" \
         --num-threads "$OMP_NUM_THREADS" --quiet --set data.val_fraction=0.0 --set train.val_every=1000 \
         ${epochs:+--set "train.phases.0.epochs=$epochs"}
     trained=$(date +%s)
