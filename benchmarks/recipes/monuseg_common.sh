@@ -56,20 +56,22 @@ PY
 
 # run_recipe FAMILY WIN STEP DATA OUT [EPOCHS [EXTRACT_OPTION...]]: cut the split's training
 # tiles into WIN windows (STEP apart; extra extract_patches.py options after EPOCHS, which may
-# be empty), train FAMILY's cpu profile on them without validation, then score_valid.
+# be empty), train FAMILY's cpu profile on them without validation, then score_valid. Run
+# again on the same OUT, it resumes: extracted tiles, finished epochs and inferred tiles are kept.
 run_recipe() {
     local family=$1 win=$2 step=$3 data=$4 out=$5 epochs=${6:-}
     shift $(($# < 6 ? $# : 6))
     export OMP_NUM_THREADS="${THREADS:-2}"
     epochs="${epochs:-$(budget_epochs "$family")}"     # half the epochs where the CPU lacks bf16
     mkdir -p "$out"
-    local start trained
+    local start trained resume=()
+    [[ -f "$out/run/checkpoints/latest.pt" ]] && resume=(--resume)   # an interrupted run continues
     start=$(date +%s)
     python extract_patches.py monuseg "$data" "$out/patches" --win "$win" --step "$step" --mode valid \
         --split "$SPLIT:$TRAIN_PART" --format h5 --no-progress "$@"
     python train.py --model "$family" --profile cpu --data "$out/patches/$TRAIN_PART.h5" --out "$out/run" \
         --num-threads "$OMP_NUM_THREADS" --quiet --set data.val_fraction=0.0 --set train.val_every=1000 \
-        ${epochs:+--set "train.phases.0.epochs=$epochs"}
+        ${epochs:+--set "train.phases.0.epochs=$epochs"} "${resume[@]}"
     trained=$(date +%s)
     score_valid "monuseg_${family}_cpu" "$out/run/checkpoints/latest.pt" "$data" "$out" "$start" "$trained"
 }
