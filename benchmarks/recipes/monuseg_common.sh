@@ -1,7 +1,8 @@
 # Shared steps of the MoNuSeg CPU recipes (sourced, not run): the fixed split, and scoring a
 # checkpoint on the split's validation tiles through infer.py + process.py.
 # SPLIT, TRAIN_PART and VALID_PART name the split file and its two parts (the cross-validation
-# script sets them per fold).
+# script sets them per fold). TRAIN_OPTIONS adds train.py options after the recipe's own, split
+# on whitespace (e.g. TRAIN_OPTIONS="--set train.seed=11"; later --set values win).
 SPLIT=${SPLIT:-benchmarks/recipes/monuseg_split.json}
 TRAIN_PART=${TRAIN_PART:-train}
 VALID_PART=${VALID_PART:-valid}
@@ -16,6 +17,14 @@ from misc.engine import cpu_bf16_supported
 epochs = load_config(sys.argv[1], "cpu")["train"]["phases"][0]["epochs"]
 print("" if cpu_bf16_supported() else max(1, epochs // 2))
 PY
+}
+
+# train_options: the words of $TRAIN_OPTIONS, one per line (nothing when unset).
+train_options() {
+    local words=()
+    read -r -a words <<< "${TRAIN_OPTIONS:-}"
+    ((${#words[@]})) && printf '%s\n' "${words[@]}"
+    return 0
 }
 
 # link_valid_images DATA OUT: symlink the $VALID_PART tiles of $SPLIT into OUT.
@@ -64,14 +73,15 @@ run_recipe() {
     export OMP_NUM_THREADS="${THREADS:-2}"
     epochs="${epochs:-$(budget_epochs "$family")}"     # half the epochs where the CPU lacks bf16
     mkdir -p "$out"
-    local start trained resume=()
+    local start trained resume=() extra=()
+    mapfile -t extra < <(train_options)
     [[ -f "$out/run/checkpoints/latest.pt" ]] && resume=(--resume)   # an interrupted run continues
     start=$(date +%s)
     python extract_patches.py monuseg "$data" "$out/patches" --win "$win" --step "$step" --mode valid \
         --split "$SPLIT:$TRAIN_PART" --format h5 --no-progress "$@"
     python train.py --model "$family" --profile cpu --data "$out/patches/$TRAIN_PART.h5" --out "$out/run" \
         --num-threads "$OMP_NUM_THREADS" --quiet --set data.val_fraction=0.0 --set train.val_every=1000 \
-        ${epochs:+--set "train.phases.0.epochs=$epochs"} "${resume[@]}"
+        ${epochs:+--set "train.phases.0.epochs=$epochs"} "${extra[@]}" "${resume[@]}"
     trained=$(date +%s)
     score_valid "monuseg_${family}_cpu" "$out/run/checkpoints/latest.pt" "$data" "$out" "$start" "$trained"
 }

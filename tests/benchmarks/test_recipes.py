@@ -58,3 +58,19 @@ def test_cv_unknown_family_is_refused(tmp_path: Path) -> None:
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "no recipe benchmarks/recipes/monuseg_nosuch_cpu.sh for family 'nosuch'" in result.stderr
+
+
+def _train_options(value: str | None) -> list[str]:
+    env = "unset TRAIN_OPTIONS" if value is None else f"TRAIN_OPTIONS='{value}'"
+    script = f"source benchmarks/recipes/monuseg_common.sh; {env}; train_options"
+    result = subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
+def test_train_options_are_split_into_train_py_arguments() -> None:
+    assert _train_options("  --set train.seed=11   --set infer.tta=false ") == [
+        "--set", "train.seed=11", "--set", "infer.tta=false"]
+
+
+def test_train_options_unset_add_nothing() -> None:
+    assert _train_options(None) == []
