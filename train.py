@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--anchor", default=None, metavar="IMAGE",
         help="colour-normalisation anchor image whose statistics become the target (families with "
-        "model.reinhard_anchor, e.g. fullnet; same as --set model.reinhard_anchor=IMAGE)",
+        "model.reinhard_anchor: hovernet, fullnet; same as --set model.reinhard_anchor=IMAGE)",
     )
     parser.add_argument("--summary", action="store_true", help="print the network's layer table and exit")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks CUDA when present")

@@ -491,12 +491,20 @@ def make_reinhard(target: Any = None, anchor: Any = None) -> OpFn:
         raise UserError(f"augment op 'reinhard': target mean/std must have 3 values each; got {target!r}")
 
     def reinhard(sample: Sample, rng: np.random.Generator) -> Sample:
-        lab = cv2.cvtColor(sample["image"].astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-        mean, std = lab.reshape(-1, 3).mean(axis=0), lab.reshape(-1, 3).std(axis=0)
-        lab = (lab - mean) / np.maximum(std, 1e-6) * goal["std"] + goal["mean"]
-        return _with_image(sample, _to_uint8(cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB) * 255.0))
+        return _with_image(sample, reinhard_normalise(sample["image"], goal))
 
     return reinhard
+
+
+def reinhard_normalise(image: np.ndarray, target: Mapping[str, Any]) -> np.ndarray:
+    """Reinhard et al. (2001) colour transfer of an (H, W, 3) uint8 RGB image: its per-channel
+    CIELAB mean and standard deviation (whole-image statistics) become ``target['mean']`` and
+    ``target['std']`` (3 values each, :func:`lab_statistics` units); returns (H, W, 3) uint8."""
+    goal_mean, goal_std = (np.asarray(target[key], dtype=np.float64) for key in ("mean", "std"))
+    lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    mean, std = lab.reshape(-1, 3).mean(axis=0), lab.reshape(-1, 3).std(axis=0)
+    lab = (lab - mean) / np.maximum(std, 1e-6) * goal_std + goal_mean
+    return _to_uint8(cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB) * 255.0)
 
 
 def macenko_stains(image: np.ndarray, io: float, alpha: float, beta: float) -> tuple[np.ndarray, np.ndarray] | None:

@@ -6,6 +6,7 @@ A family subclasses :class:`Family` in ``models/<family>/`` and is registered by
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -13,6 +14,8 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from misc.errors import UserError
 
 
 def under_prefix(name: str, prefixes: Sequence[str]) -> bool:
@@ -32,8 +35,8 @@ class Family(ABC):
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg
-        # Per-channel input statistics {'mean': [..], 'std': [..]} from fit_norm_stats, or None;
-        # restored from checkpoints, so predict/forward may read it.
+        # Input statistics from fit_norm_stats ({'mean': [..], 'std': [..]} per channel and/or
+        # the Reinhard target {'reinhard': ..}), or None; restored from checkpoints.
         self.norm_stats: dict | None = None
 
     @classmethod
@@ -109,16 +112,72 @@ class Family(ABC):
             'inst_info': {id: {'bbox', 'centroid', 'contour', 'type', 'type_prob'}}}``.
         """
 
+    @functools.cached_property
+    def configured_reinhard(self) -> dict[str, list[float]] | str | None:
+        """The Reinhard colour-normalisation setting of ``cfg['model']``: CIELAB ``{'mean',
+        'std'}`` from ``model.reinhard`` (3 values each) or from the statistics of the
+        ``model.reinhard_anchor`` image, ``'fit'`` (the mean statistics of the training images,
+        see :meth:`fit_reinhard_target`), or None (off; also for families without the keys).
+
+        Raises:
+            UserError: both keys set, or a malformed ``model.reinhard``.
+        """
+        model = self.cfg.get("model") or {}
+        target, anchor = model.get("reinhard"), model.get("reinhard_anchor")
+        if target is not None and anchor is not None:
+            raise UserError("model.reinhard and model.reinhard_anchor are both set; "
+                            "give target statistics, 'fit' or an anchor image")
+        if anchor is not None:
+            from loader.augment import lab_statistics
+            from misc.io import read_image
+
+            mean, std = lab_statistics(read_image(anchor))
+            return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+        if target is None or target == "fit":
+            return target
+        if not isinstance(target, dict) or any(len(target.get(key) or ()) != 3 for key in ("mean", "std")):
+            raise UserError(f"model.reinhard is {target!r}; "
+                            "expected {mean: [L, a, b], std: [L, a, b]} (CIELAB), 'fit' or null")
+        return {key: [float(v) for v in target[key]] for key in ("mean", "std")}
+
+    @property
+    def reinhard_target(self) -> dict[str, list[float]] | None:
+        """The CIELAB ``{'mean', 'std'}`` images are normalised to: the one a checkpoint carries
+        (``norm_stats['reinhard']``), else the configured one; None when off or not yet fitted."""
+        if self.norm_stats is not None and self.norm_stats.get("reinhard") is not None:
+            return self.norm_stats["reinhard"]
+        configured = self.configured_reinhard
+        return None if configured == "fit" else configured
+
+    def fit_reinhard_target(self, images: Sequence[np.ndarray]) -> dict[str, list[float]] | None:
+        """The Reinhard target of a training run: with ``model.reinhard: fit`` the mean over
+        ``images`` ((H, W, 3) uint8 each) of their CIELAB means and standard deviations, else
+        the configured target (None when off)."""
+        if self.configured_reinhard != "fit":
+            return self.configured_reinhard
+        from loader.augment import lab_statistics
+
+        stats = [lab_statistics(np.asarray(image)) for image in images]
+        if not stats:
+            raise UserError("model.reinhard is 'fit' but there are no training images to fit it to")
+        return {key: [float(v) for v in np.mean([s[i] for s in stats], axis=0)] for i, key in enumerate(("mean", "std"))}
+
     def preprocess_image(self, image: np.ndarray) -> np.ndarray:
-        """Whole-image preparation before tiled inference (e.g. colour normalisation).
+        """Whole-image preparation before tiled inference: Reinhard colour normalisation to
+        :attr:`reinhard_target` when there is one.
 
         Args:
             image: (H, W, 3) uint8 RGB.
 
         Returns:
-            (H, W, 3) uint8 RGB; the default returns ``image`` unchanged.
+            (H, W, 3) uint8 RGB; ``image`` itself without a target.
         """
-        return image
+        goal = self.reinhard_target
+        if goal is None:
+            return image
+        from loader.augment import reinhard_normalise
+
+        return reinhard_normalise(image, goal)
 
     def forward(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training forward pass; the default feeds ``batch['image']`` to the network."""
@@ -152,12 +211,15 @@ class Family(ABC):
                 module.eval()
 
     def fit_norm_stats(self, images: Sequence[np.ndarray]) -> dict | None:
-        """Input normalisation statistics from the training images ((H, W, 3) uint8 each).
+        """Input normalisation statistics from the training images ((H, W, 3) uint8 each),
+        stored in checkpoints so that inference needs nothing else.
 
-        The default uses none (networks normalise inside ``forward``); families that
-        standardise inputs return ``{'mean': [3 floats], 'std': [3 floats]}`` in 0-255 units.
+        The default keeps only the Reinhard target (``{'reinhard': {'mean', 'std'}}``, None
+        when off; networks normalise inside ``forward``); families that standardise inputs add
+        ``'mean'`` and ``'std'`` (3 floats each, 0-255 units).
         """
-        return None
+        target = self.fit_reinhard_target(images)
+        return None if target is None else {"reinhard": target}
 
     def example_input(self) -> torch.Tensor:
         """A (1, 3, S, S) float input for ``--summary``; S is ``infer.input_size``."""

@@ -8,7 +8,6 @@ output_size, keep_margin, pad_mode, batch_size, tta, mag}; ``postproc`` {min_are
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
@@ -48,45 +47,6 @@ class FullNetFamily(Family):
             memory_efficient=bool(model.get("memory_efficient", False)),
         )
 
-    @functools.cached_property
-    def reinhard_target(self) -> dict[str, list[float]] | None:
-        """CIELAB ``{'mean', 'std'}`` of Reinhard normalisation: the target a checkpoint
-        carries (``norm_stats['reinhard']``), else ``model.reinhard``, else the statistics of the
-        ``model.reinhard_anchor`` image; None when none is set.
-
-        Raises:
-            UserError: both ``model.reinhard`` and ``model.reinhard_anchor`` set, or a malformed target.
-        """
-        if self.norm_stats is not None and self.norm_stats.get("reinhard") is not None:
-            return self.norm_stats["reinhard"]
-        model = self.cfg["model"]
-        target, anchor = model.get("reinhard"), model.get("reinhard_anchor")
-        if target is not None and anchor is not None:
-            raise UserError("model.reinhard and model.reinhard_anchor are both set; "
-                            "give target statistics or an anchor image")
-        if anchor is not None:
-            from loader.augment import lab_statistics
-            from misc.io import read_image
-
-            mean, std = lab_statistics(read_image(anchor))
-            return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
-        if target is None:
-            return None
-        if not isinstance(target, dict) or any(len(target.get(key) or ()) != 3 for key in ("mean", "std")):
-            raise UserError(f"model.reinhard is {target!r}; "
-                            "expected {mean: [L, a, b], std: [L, a, b]} (CIELAB) or null")
-        return {key: [float(v) for v in target[key]] for key in ("mean", "std")}
-
-    def preprocess_image(self, image: np.ndarray) -> np.ndarray:
-        """Whole-image colour normalisation before tiling ((H, W, 3) uint8 -> same); identity
-        without a Reinhard target."""
-        goal = self.reinhard_target
-        if goal is None:
-            return image
-        from loader.augment import make_reinhard
-
-        return make_reinhard(target=goal)({"image": image}, np.random.default_rng(0))["image"]
-
     def target_builder(self) -> FullNetTargets:
         """:class:`models.fullnet.targets.FullNetTargets` from ``cfg['targets']`` and the Reinhard target."""
         targets = self.cfg.get("targets") or {}
@@ -100,13 +60,18 @@ class FullNetFamily(Family):
 
     def fit_norm_stats(self, images: list[np.ndarray]) -> dict:
         """Per-channel mean/std (0-255 units) over all training images, after Reinhard
-        normalisation, and the Reinhard target itself (``reinhard``, None when off), so that a
-        checkpoint normalises colours without the anchor image."""
+        normalisation, and the Reinhard target itself (``reinhard``, None when off; see
+        :meth:`models.base.Family.fit_reinhard_target`), so that a checkpoint normalises
+        colours without the anchor image."""
+        from loader.augment import reinhard_normalise
+
+        target = self.fit_reinhard_target(images)
         total = np.zeros(3)
         squares = np.zeros(3)
         count = 0
         for image in images:
-            pixels = self.preprocess_image(np.asarray(image)).reshape(-1, 3).astype(np.float64)
+            image = np.asarray(image)
+            pixels = (image if target is None else reinhard_normalise(image, target)).reshape(-1, 3).astype(np.float64)
             total += pixels.sum(0)
             squares += (pixels * pixels).sum(0)
             count += pixels.shape[0]
@@ -114,7 +79,7 @@ class FullNetFamily(Family):
             raise UserError("FullNet: no training images to compute the input mean/std from")
         mean = total / count
         std = np.sqrt(np.maximum(squares / count - mean * mean, 1e-12))
-        return {"mean": mean.tolist(), "std": std.tolist(), "reinhard": self.reinhard_target}
+        return {"mean": mean.tolist(), "std": std.tolist(), "reinhard": target}
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) 0-255 -> standardised with ``norm_stats`` (or scaled to 0-1 without them)."""

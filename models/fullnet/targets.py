@@ -125,9 +125,9 @@ class FullNetTargets:
         else:
             maps["weight_map"] = np.ones(inst_map.shape, np.float32)
         if self.reinhard is not None:
-            from loader.augment import make_reinhard
+            from loader.augment import reinhard_normalise
 
-            maps["image"] = make_reinhard(target=self.reinhard)(dict(sample), np.random.default_rng(0))["image"]
+            maps["image"] = reinhard_normalise(np.asarray(sample["image"]), self.reinhard)
         return maps
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -1,7 +1,7 @@
 """The HoVer-Net family: network, targets, loss, prediction (optional dihedral TTA), post-processing.
 
 Configuration (``opt/hovernet.yaml``): ``model`` {mode, nr_types, encoder {units, width},
-decoder {width}, pretrained, zero_init_hv}; ``targets`` {hv_min_area}; ``loss`` {dice_smooth,
+decoder {width}, pretrained, zero_init_hv, reinhard, reinhard_anchor}; ``targets`` {hv_min_area}; ``loss`` {dice_smooth,
 msge_kernel_size}; ``infer`` {input_size, output_size, tta, mag}; ``postproc`` (see
 :class:`models.hovernet.postproc.PostprocParams`).
 """
@@ -92,7 +92,8 @@ class HoVerNetFamily(Family):
         return net
 
     def target_builder(self) -> HoVerTargets:
-        """Targets on the full patch, centre-cropped to ``infer.input_size`` / ``infer.output_size``.
+        """Targets on the full patch, centre-cropped to ``infer.input_size`` / ``infer.output_size``,
+        with the run's Reinhard target (:attr:`reinhard_target`) when colour normalisation is on.
 
         The builder returns ``image`` as (3, H, W) float32 RGB in 0-255.
         """
@@ -102,6 +103,7 @@ class HoVerNetFamily(Family):
             output_size=int(self.cfg["infer"]["output_size"]),
             typed=self.nr_types > 0,
             hv_min_area=int((self.cfg.get("targets") or {}).get("hv_min_area", 30)),
+            reinhard=self.reinhard_target,
         )
 
     def loss(

@@ -1,12 +1,14 @@
 """HoVer-Net training targets: nuclear pixels (NP), horizontal/vertical offsets (HV), types (TP).
 
 HV maps are computed on the full augmented patch and only then centre-cropped, so an
-instance cut by the crop keeps the offsets to its true centre of mass.
+instance cut by the crop keeps the offsets to its true centre of mass. With a Reinhard target
+the un-augmented image is colour-normalised first (whole-sample statistics, as at inference).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 from skimage.measure import label as label_components
@@ -95,12 +97,24 @@ class HoVerTargets:
         typed: whether to emit ``tp_map`` (the model has a type branch).
         hv_min_area: instances with fewer pixels inside the output window get no HV
             offsets (HoVer-Net: 30 px at 40x); they stay in ``np_map``.
+        reinhard: CIELAB ``{'mean': [L, a, b], 'std': [L, a, b]}`` target of Reinhard colour
+            normalisation of the un-augmented image (:meth:`precompute`), or None.
     """
 
     input_size: int
     output_size: int
     typed: bool = False
     hv_min_area: int = 30
+    reinhard: Mapping[str, Any] | None = None
+
+    def precompute(self, sample: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Maps of the un-augmented sample: the Reinhard-normalised ``image`` (H, W, 3) uint8
+        when a target is set, else nothing."""
+        if self.reinhard is None:
+            return {}
+        from loader.augment import reinhard_normalise
+
+        return {"image": reinhard_normalise(np.asarray(sample["image"]), self.reinhard)}
 
     def __call__(self, sample: dict) -> dict[str, np.ndarray]:
         """Build the arrays of one sample.

@@ -123,22 +123,6 @@ def test_postprocess_result_and_options(family: FullNetFamily) -> None:
         family.postprocess({"prob": prob}, threshold=0.5)
 
 
-def test_reinhard_target_and_anchor_are_exclusive() -> None:
-    cfg = tiny_cfg()
-    cfg["model"]["reinhard"] = {"mean": [60, 10, -5], "std": [10, 5, 5]}
-    cfg["model"]["reinhard_anchor"] = "anchor.png"
-    with pytest.raises(UserError, match="both set"):
-        FullNetFamily(cfg).target_builder()
-
-
-def test_preprocess_image_applies_reinhard_only_when_configured(family: FullNetFamily) -> None:
-    image = sample()["image"]
-    assert family.preprocess_image(image) is image
-    cfg = tiny_cfg()
-    cfg["model"]["reinhard"] = {"mean": [60, 10, -5], "std": [10, 5, 5]}
-    assert not np.array_equal(FullNetFamily(cfg).preprocess_image(image), image)
-
-
 def test_demo_profile_trains_through_the_engine(tmp_path, monkeypatch) -> None:
     import models
     from misc.checkpoint import load_checkpoint

@@ -150,3 +150,24 @@ def test_zero_initialised_hv_head_starts_at_zero_offsets():
     fam = family("model.zero_init_hv=true")
     maps = fam.predict(fam.build_network().eval(), torch.rand(1, 3, 120, 120) * 255)
     assert not maps["hv"].any()
+
+
+def test_fitted_reinhard_target_travels_in_the_checkpoint(tmp_path):
+    from misc.checkpoint import load_checkpoint
+    from misc.engine import RunRequest, run
+
+    run(RunRequest(model="hovernet", profile="demo", out=str(tmp_path / "run"), quiet=True, device="cpu",
+                   overrides=["model.reinhard=fit", "data.synthetic.n_train=2", "data.synthetic.n_val=1",
+                              "train.phases.0.epochs=1"]))
+    restored = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", "cpu")[0]
+    target = restored.norm_stats["reinhard"]
+    assert sorted(target) == ["mean", "std"] and all(len(target[key]) == 3 for key in target)
+    image = generate_tile(5, (64, 64))[0]
+    assert not np.array_equal(restored.preprocess_image(image), image)
+
+
+def test_target_builder_normalises_with_the_family_target():
+    cfg = load_config("hovernet", "demo", overrides=[*SMALL, "model.reinhard={mean: [60, 10, -5], std: [10, 5, 5]}"])
+    builder = HoVerNetFamily(cfg).target_builder()
+    assert builder.reinhard == {"mean": [60.0, 10.0, -5.0], "std": [10.0, 5.0, 5.0]}
+    assert pickle.loads(pickle.dumps(builder)) == builder

@@ -122,3 +122,18 @@ def test_target_builder_survives_pickling():
 def test_patch_smaller_than_the_input_window_is_a_user_error():
     with pytest.raises(UserError, match="data.patch_size"):
         HoVerTargets(input_size=24, output_size=8)(patch_sample())
+
+
+def test_precompute_is_empty_without_a_reinhard_target():
+    assert HoVerTargets(input_size=20, output_size=12).precompute(patch_sample()) == {}
+
+
+def test_precompute_normalises_the_whole_image_to_the_reinhard_target():
+    from loader.augment import lab_statistics
+    from misc.synthetic import generate_tile
+
+    target = {"mean": [60.0, 10.0, -5.0], "std": [10.0, 5.0, 5.0]}
+    sample = {**patch_sample(), "image": generate_tile(0, (20, 20))[0]}
+    image = HoVerTargets(input_size=20, output_size=12, reinhard=target).precompute(sample)["image"]
+    assert image.shape == (20, 20, 3) and image.dtype == np.uint8
+    np.testing.assert_allclose(lab_statistics(image)[0], target["mean"], atol=1.5)
