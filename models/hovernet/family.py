@@ -1,9 +1,9 @@
 """The HoVer-Net family: network, targets, loss, prediction (optional dihedral TTA), post-processing.
 
 Configuration (``opt/hovernet.yaml``): ``model`` {mode, nr_types, encoder {units, width},
-decoder {width}, pretrained, zero_init_hv, reinhard, reinhard_anchor}; ``targets`` {hv_min_area}; ``loss`` {dice_smooth,
-msge_kernel_size}; ``infer`` {input_size, output_size, tta, mag}; ``postproc`` (see
-:class:`models.hovernet.postproc.PostprocParams`).
+decoder {width}, pretrained, zero_init_hv, reinhard, reinhard_anchor}; ``targets``
+{hv_min_area}; ``loss`` {dice_smooth, msge_kernel_size}; ``infer`` {input_size, output_size,
+tta, mag}; ``postproc`` (see :class:`models.hovernet.postproc.PostprocParams`).
 """
 
 from __future__ import annotations
