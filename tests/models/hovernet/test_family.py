@@ -166,7 +166,7 @@ def test_fitted_reinhard_target_travels_in_the_checkpoint(tmp_path):
     assert not np.array_equal(restored.preprocess_image(image), image)
 
 
-def test_target_builder_normalises_with_the_family_target():
+def test_target_builder_carries_the_family_reinhard_target():
     cfg = load_config("hovernet", "demo", overrides=[*SMALL, "model.reinhard={mean: [60, 10, -5], std: [10, 5, 5]}"])
     builder = HoVerNetFamily(cfg).target_builder()
     assert builder.reinhard == {"mean": [60.0, 10.0, -5.0], "std": [10.0, 5.0, 5.0]}
