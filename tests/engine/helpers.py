@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -34,6 +37,34 @@ def run_train(*args: str | os.PathLike, plugin: bool = True, env: dict | None = 
         train_args(*args, plugin=plugin), cwd=REPO_ROOT, env=env or subprocess_env(),
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+def cuda_env(**extra: str) -> dict[str, str]:
+    """:func:`subprocess_env` with the parent's CUDA devices visible."""
+    env = subprocess_env(**extra)
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    else:
+        env.pop("CUDA_VISIBLE_DEVICES")
+    return env
+
+
+def kill_at(args: list[str], out: Path, marker: re.Pattern, env: dict[str, str], timeout: float = 240) -> None:
+    """Start the run ``args`` and SIGKILL it once ``out/run.log`` shows ``marker``."""
+    child = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    log = out / "run.log"
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            if log.is_file() and marker.search(log.read_text()):
+                break
+            time.sleep(0.02)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert marker.search(log.read_text()), "the run ended before the kill marker appeared"
 
 
 def weights(run_dir: Path, name: str = "latest.pt") -> dict[str, torch.Tensor]:

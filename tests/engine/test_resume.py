@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import re
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.engine.helpers import REPO_ROOT, subprocess_env, train_args, weights
+from tests.engine.helpers import REPO_ROOT, kill_at, subprocess_env, train_args, weights
 
 # Four epochs of eight steps (32 tiles, batch 4): two phases, Adam then SGD with momentum;
 # random 24-pixel crops, flips and dropout exercise every random state.
@@ -40,20 +38,7 @@ def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
 def _kill_at(out: Path, marker: re.Pattern, num_workers: int) -> None:
     """Start a slowed-down run and SIGKILL it once its log shows ``marker``."""
     args = train_args(*RESUME_ARGS, "--set", f"data.num_workers={num_workers}", "--out", out)
-    child = subprocess.Popen(args, cwd=REPO_ROOT, env=subprocess_env(TOY_STEP_SLEEP="0.15"),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    log = out / "run.log"
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and child.poll() is None:
-            if log.is_file() and marker.search(log.read_text()):
-                break
-            time.sleep(0.02)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    assert child.returncode == -signal.SIGKILL
-    assert marker.search(log.read_text()), "the run ended before the kill marker appeared"
+    kill_at(args, out, marker, subprocess_env(TOY_STEP_SLEEP="0.15"))
 
 
 @pytest.mark.parametrize(("num_workers", "killed_epoch", "killed_step"), [(0, 2, 12), (2, 4, 27)])
