@@ -79,6 +79,11 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+#: Keys whose value may also take these types, whatever the default's type: ``data.augment``
+#: names a preset of ``opt/augment.yaml`` or lists its ops (:func:`loader.augment.build_augment`).
+ALTERNATIVE_TYPES: dict[str, tuple[type, ...]] = {"data.augment": (str, list)}
+
+
 def _compatible(default: Any, value: Any) -> bool:
     if default is None or value is None:
         return True
@@ -116,7 +121,7 @@ def merge(base: dict, update: dict, source: str, prefix: str = "") -> dict:
         if isinstance(default, list) and isinstance(value, dict) and value and all(type(k) is int for k in value):
             result[key] = _merge_items(default, value, source, dotted)
             continue
-        if not _compatible(default, value):
+        if not (_compatible(default, value) or isinstance(value, ALTERNATIVE_TYPES.get(dotted, ()))):
             raise UserError(
                 f"{source}: key '{dotted}' expects {_type_name(default)} (default {default!r}), "
                 f"got {_type_name(value)} {value!r}"

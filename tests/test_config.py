@@ -21,6 +21,7 @@ def family_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             {
                 "model": {"width": 1.0, "units": [3, 4], "mode": "original", "pretrained": None},
                 "train": {"seed": 10, "amp": True, "phases": [{"epochs": 2}]},
+                "data": {"augment": "hovernet"},
                 "profiles": {"cpu": {"model": {"width": 0.5}}, "demo": {"train": {"seed": 1}}},
             }
         )
@@ -82,6 +83,16 @@ def test_unknown_key_names_closest(family_dir: Path) -> None:
 def test_type_mismatch_names_key_type_and_value(family_dir: Path) -> None:
     with pytest.raises(UserError, match=r"'train.seed' expects int .* got str 'abc'"):
         config.load_config("toy", overrides=["train.seed=abc"])
+
+
+def test_augment_takes_a_list_of_ops_in_place_of_a_preset(family_dir: Path) -> None:
+    cfg = config.load_config("toy", overrides=['data.augment=[{"op":"flip","p":0.5}]'])
+    assert cfg["data"]["augment"] == [{"op": "flip", "p": 0.5}]
+
+
+def test_other_string_keys_refuse_a_list(family_dir: Path) -> None:
+    with pytest.raises(UserError, match=r"'model.mode' expects str"):
+        config.load_config("toy", overrides=["model.mode=[fast]"])
 
 
 def test_bool_is_not_an_int(family_dir: Path) -> None:
