@@ -35,10 +35,14 @@ step() {
 }
 
 python - <<'PY' | tee "$out/device.txt"
+import sys
 import torch
+if not torch.cuda.is_available():
+    sys.exit(f"gpu_check.sh: torch {torch.__version__} sees no CUDA device")
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}, "
       f"bf16 {torch.cuda.is_bf16_supported()}")
 PY
+((PIPESTATUS[0] == 0)) || exit 2
 step cuda_tests 150 python -m pytest -q -m cuda -p no:cacheprovider -rs
 train_bench=(python benchmarks/bench_train.py --device cuda --set data.num_workers=8)
 step bench_train 60 "${train_bench[@]}" --steps 30
