@@ -19,8 +19,8 @@ from misc.engine import RunRequest, run
 def main(argv: list[str]) -> None:
     out, overrides = argv[0], argv[1:][1::2]
     result = run(RunRequest(
-        model="toy_patchcls", data="synthetic", out=out, overrides=overrides, device=os.environ.get("DDP_DEVICE", "cpu"), num_threads=1,
-        quiet=True, plugins=["tests.engine.toy_families"],
+        model="toy_patchcls", data="synthetic", out=out, overrides=overrides,
+        device=os.environ.get("DDP_DEVICE", "cpu"), num_threads=1, quiet=True, plugins=["tests.engine.toy_families"],
     ))
     torch.save(result.net.state_dict(), os.path.join(out, f"rank{os.environ.get('RANK', '0')}.pt"))
 

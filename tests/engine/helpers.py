@@ -1,4 +1,5 @@
-"""Helpers for the engine tests: run ``train.py`` in a subprocess on CPU, read checkpoints."""
+"""Helpers for the engine tests: run ``train.py`` in a subprocess (on CPU, or CUDA for the
+``cuda`` tests), kill it mid-run, read checkpoints."""
 
 from __future__ import annotations
 
