@@ -7,15 +7,17 @@ SPLIT=${SPLIT:-benchmarks/recipes/monuseg_split.json}
 TRAIN_PART=${TRAIN_PART:-train}
 VALID_PART=${VALID_PART:-valid}
 
-# budget_epochs FAMILY: nothing on CPUs with native bf16 (the cpu profile's epochs fit the
-# budget), else half the cpu profile's epochs (float32 steps take twice as long).
+# budget_epochs FAMILY: nothing where training runs on CUDA or on a CPU with native bf16 (the
+# cpu profile's epochs fit the budget), else half the cpu profile's epochs (float32 CPU steps
+# take twice as long).
 budget_epochs() {
     python - "$1" <<'PY'
 import sys
+import torch
 from config import load_config
 from misc.engine import cpu_bf16_supported
 epochs = load_config(sys.argv[1], "cpu")["train"]["phases"][0]["epochs"]
-print("" if cpu_bf16_supported() else max(1, epochs // 2))
+print("" if torch.cuda.is_available() or cpu_bf16_supported() else max(1, epochs // 2))
 PY
 }
 

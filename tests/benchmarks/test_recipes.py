@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -74,3 +75,22 @@ def test_train_options_are_split_into_train_py_arguments() -> None:
 
 def test_train_options_unset_add_nothing() -> None:
     assert _train_options(None) == []
+
+
+def _budget_epochs(family: str, env: dict[str, str]) -> str:
+    """``budget_epochs FAMILY`` of ``monuseg_common.sh``, run from the repository root."""
+    command = f"source {RECIPES / 'monuseg_common.sh'} && budget_epochs {family}"
+    done = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_budget_epochs_halves_the_profile_only_on_cpus_without_bf16() -> None:
+    from misc.engine import cpu_bf16_supported
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT)}
+    assert _budget_epochs("hovernet", env) == ("" if cpu_bf16_supported() else "10")
+
+
+@pytest.mark.cuda
+def test_budget_epochs_keeps_the_profile_on_cuda() -> None:
+    assert _budget_epochs("hovernet", {**os.environ, "PYTHONPATH": str(REPO_ROOT)}) == ""
