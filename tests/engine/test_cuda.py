@@ -7,6 +7,7 @@ import csv
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +24,8 @@ DEMO_ARGS = (
 )
 
 
-def _metrics(out) -> list[dict[str, str]]:
+def _metrics(out: Path) -> list[dict[str, str]]:
+    """The rows of a run's ``metrics.csv``."""
     with open(out / "metrics.csv", newline="") as handle:
         return list(csv.DictReader(handle))
 
