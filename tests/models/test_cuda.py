@@ -37,6 +37,14 @@ def _flat(output: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([part.detach().float().cpu().flatten() for part in parts])
 
 
+def _on_cuda(case: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The case's network and inputs on CUDA, with its float32 NCHW output there as the reference."""
+    net, images = _network(case)
+    net, images = net.cuda(), images.cuda()
+    with torch.inference_mode():
+        return net, images, _flat(net(images))
+
+
 def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return float((value - reference).norm() / reference.norm())
 
@@ -52,10 +60,8 @@ def test_float32_forward_on_cuda_matches_cpu(case: str, strict_float32: None) ->
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_channels_last_on_cuda_matches_contiguous(case: str, strict_float32: None) -> None:
-    net, images = _network(case)
-    net, images = net.cuda(), images.cuda()
+    net, images, reference = _on_cuda(case)
     with torch.inference_mode():
-        reference = _flat(net(images))
         net = net.to(memory_format=torch.channels_last)
         nhwc = _flat(net(images.contiguous(memory_format=torch.channels_last)))
     assert _relative_error(nhwc, reference) < 1e-4
@@ -63,10 +69,8 @@ def test_channels_last_on_cuda_matches_contiguous(case: str, strict_float32: Non
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bf16_autocast_on_cuda_stays_close_to_float32(case: str, strict_float32: None) -> None:
-    net, images = _network(case)
-    net, images = net.cuda(), images.cuda()
+    net, images, reference = _on_cuda(case)
     with torch.inference_mode():
-        reference = _flat(net(images))
         with torch.autocast("cuda", dtype=torch.bfloat16):
             low = _flat(net(images))
     assert torch.isfinite(low).all()
