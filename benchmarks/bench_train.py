@@ -3,12 +3,13 @@
 Each setting runs ``train.py``'s engine for one short epoch on synthetic tiles generated on
 the fly (reading, augmentation, targets, forward, loss, backward, optimiser step) and prints
 one JSON line with the steps, their wall time and steps per second (the first step, with its
-warm-up, included). Settings: the ``cpu`` profiles of HoVer-Net and FullNet and, with
+warm-up, included; with ``--warmup`` a first, untimed epoch of the same steps warms up cuDNN,
+the allocator and the loader, and only the second epoch is timed). Settings: the ``cpu`` profiles of HoVer-Net and FullNet and, with
 ``--all`` (for a GPU: minutes per step on a 2-core CPU), HoVer-Net ``original`` and ``fast``
 at published width (first published phase: frozen encoder, batch 8) and FullNet ``paper``.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--device auto] [--steps 4] [--all | --only hovernet:cpu]
-        [--set train.amp_cpu=false ...]
+    OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--device auto] [--steps 4] [--warmup]
+        [--all | --only hovernet:cpu] [--set train.amp_cpu=false ...]
 """
 
 from __future__ import annotations
@@ -42,27 +43,29 @@ SLOW = (
 )
 
 
-def bench_train(family: str, name: str, profile: str, overrides: list[str], steps: int, device: str) -> dict:
-    """Steps per second of ``steps`` optimiser steps of one training epoch on synthetic tiles."""
+def bench_train(
+    family: str, name: str, profile: str, overrides: list[str], steps: int, device: str, warmup: bool = False
+) -> dict:
+    """Steps per second of ``steps`` optimiser steps of one epoch of the profile's first phase
+    on synthetic tiles (the second of two such epochs with ``warmup``)."""
     cfg = load_config(family, profile, overrides=overrides)
-    phase = cfg["train"]["phases"][0]
+    phase = {**cfg["train"]["phases"][0], "epochs": 2 if warmup else 1}
     batch = int(phase["batch_size"]) * int(cfg["train"].get("accumulate", 1))
     settings = [
         *overrides, f"data.synthetic.n_train={steps * batch}", "data.synthetic.n_val=0",
-        "train.val_every=1000", "train.phases.0.epochs=1", "train.log_every=1000",
+        "train.val_every=1000", "train.log_every=1000", f"train.phases=[{json.dumps(phase)}]",
     ]
-    if len(cfg["train"]["phases"]) > 1:
-        settings.append(f"train.phases=[{json.dumps(phase)}]")
     with tempfile.TemporaryDirectory() as tmp:
         run(RunRequest(model=family, data="synthetic", profile=profile, overrides=settings, out=f"{tmp}/run",
                        device=device, quiet=True))
         with open(f"{tmp}/run/metrics.csv") as handle:
-            row = list(csv.DictReader(handle))[-1]
-    seconds = float(row["train_seconds"])
+            rows = list(csv.DictReader(handle))
+    timed = int(rows[-1]["step"]) - (int(rows[-2]["step"]) if warmup else 0)
+    seconds = float(rows[-1]["train_seconds"])
     return {
         "bench": "train", "family": family, "setting": name, "profile": profile, "batch_size": int(phase["batch_size"]),
-        "input": cfg["infer"]["input_size"], "steps": int(row["step"]), "seconds": round(seconds, 2),
-        "steps_per_s": round(int(row["step"]) / seconds, 3), "device": str(resolve_device(device)), "threads": torch.get_num_threads(),
+        "input": cfg["infer"]["input_size"], "steps": timed, "warmup": warmup, "seconds": round(seconds, 2),
+        "steps_per_s": round(timed / seconds, 3), "device": str(resolve_device(device)), "threads": torch.get_num_threads(),
     }
 
 
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--steps", type=int, default=4, help="optimiser steps per setting (default 4)")
+    parser.add_argument("--warmup", action="store_true", help="time a second epoch after an untimed first one")
     parser.add_argument("--all", action="store_true", help="also the published widths (slow on CPU)")
     parser.add_argument("--only", default=None, metavar="FAMILY:SETTING", help="run one setting, e.g. hovernet:cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--only {args.only}: no such setting (have {[f'{s[0]}:{s[1]}' for s in SETTINGS + SLOW]})")
     for family, name, profile, overrides in chosen:
         settings = [*overrides, *args.overrides]
-        print(json.dumps({**bench_train(family, name, profile, settings, args.steps, args.device),
+        print(json.dumps({**bench_train(family, name, profile, settings, args.steps, args.device, args.warmup),
                           "overrides": args.overrides}), flush=True)
     return 0
 

@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# Checks and timings for a CUDA host, in one command (about 5 minutes on an H200, plus the two
-# published-width training settings, each stopped at 90 s):
+# Checks and timings for a CUDA host, in one command (about 6 minutes on an H200):
 #
 #   bash benchmarks/gpu_check.sh [DATA_DIR] [OUT_DIR]
 #
 # 1. the CUDA tests (`python -m pytest -m cuda`: CPU/CUDA agreement of every network, bf16
 #    autocast and channels_last, a HoVer-Net training run, resume after SIGKILL, one NCCL rank
 #    under torchrun, infer.py on CUDA against CPU);
-# 2. training steps/s on CUDA with 8 loader workers (`bench_train.py`: the cpu profiles; HoVer-Net
-#    `original` at published width with and without channels_last, each under its own limit)
-#    and inference tiles/s (`bench_infer.py --grid 8`);
+# 2. training steps/s on CUDA with 8 loader workers (`bench_train.py --all --warmup`: the cpu
+#    profiles and the published networks' first phase, timed after a warm-up epoch) and
+#    inference tiles/s (`bench_infer.py --grid 8`);
 # 3. when DATA_DIR holds MoNuSeg (images/*.tif, annotations/*.xml), the MoNuSeg recipe
 #    (`monuseg_hovernet_cpu.sh`: the cpu profile's 3,600 steps) on CUDA, with 8 loader workers.
 # Each step has its own time limit and log under OUT_DIR; the last lines are the JSON results.
@@ -45,9 +44,7 @@ PY
 ((PIPESTATUS[0] == 0)) || exit 2
 step cuda_tests 150 python -m pytest -q -m cuda -p no:cacheprovider -rs
 train_bench=(python benchmarks/bench_train.py --device cuda --set data.num_workers=8)
-step bench_train 60 "${train_bench[@]}" --steps 30
-step bench_train_original_nchw 90 "${train_bench[@]}" --only hovernet:original --steps 10 --set train.channels_last=false
-step bench_train_original_nhwc 90 "${train_bench[@]}" --only hovernet:original --steps 10
+step bench_train 180 "${train_bench[@]}" --all --warmup --steps 50
 step bench_infer 60 python benchmarks/bench_infer.py --device cuda --grid 8 --only infer
 if [[ -d "$data/images" ]]; then
     step recipe 240 env THREADS=8 TRAIN_OPTIONS="--set data.num_workers=8" \
