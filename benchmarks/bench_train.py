@@ -4,9 +4,10 @@ Each setting runs ``train.py``'s engine for one short epoch on synthetic tiles g
 the fly (reading, augmentation, targets, forward, loss, backward, optimiser step) and prints
 one JSON line with the steps, their wall time and steps per second (the first step, with its
 warm-up, included; with ``--warmup`` a first, untimed epoch of the same steps warms up cuDNN,
-the allocator and the loader, and only the second epoch is timed). Settings: the ``cpu`` profiles of HoVer-Net and FullNet and, with
-``--all`` (for a GPU: minutes per step on a 2-core CPU), HoVer-Net ``original`` and ``fast``
-at published width (first published phase: frozen encoder, batch 8) and FullNet ``paper``.
+the allocator and the loader, and only the second epoch is timed). Settings: the ``cpu``
+profiles of HoVer-Net and FullNet and, with ``--all`` (for a GPU: minutes per step on a 2-core
+CPU), HoVer-Net ``original`` and ``fast`` at published width (first published phase: frozen
+encoder, batch 8) and FullNet ``paper``.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--device auto] [--steps 4] [--warmup]
         [--all | --only hovernet:cpu] [--set train.amp_cpu=false ...]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from types import ModuleType
 
 from tests.conftest import REPO_ROOT
 
@@ -15,7 +16,8 @@ TINY_PAPER = [
 ]
 
 
-def _bench_module():
+def _bench_module() -> ModuleType:
+    """benchmarks/bench_train.py as a module (benchmarks/ is not a package)."""
     spec = importlib.util.spec_from_file_location("bench_train", REPO_ROOT / "benchmarks" / "bench_train.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
