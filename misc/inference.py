@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from misc.bn_adapt import adapted_batchnorm, check_adapt_weight
 from misc.errors import UserError
 from misc.io import IMAGE_EXTENSIONS, atomic_write, read_image
 from postproc.formats import DEFAULT_FORMATS
@@ -77,6 +78,31 @@ def family_predictor(family: Any, net: nn.Module, device: torch.device, amp_dtyp
     return predict
 
 
+def _discard(row_start: int, row_stop: int, band: dict[str, np.ndarray]) -> None:
+    """A band sink that keeps nothing (the BatchNorm adaptation pass)."""
+
+
+def adapted_to_image(
+    family: Any, net: nn.Module, image: np.ndarray, device: str | torch.device, batch_size: int,
+    amp_dtype: torch.dtype | None = None,
+) -> contextlib.AbstractContextManager:
+    """Context in which ``net``'s BatchNorm statistics are adapted to ``image`` (``infer.bn_adapt``).
+
+    With ``infer.bn_adapt`` = w > 0 the image's windows (the same tiling, without TTA) run
+    through the network once and each BatchNorm layer normalises with w x their statistics +
+    (1 - w) x the trained ones (:mod:`misc.bn_adapt`); w = 0 (default): nothing changes.
+
+    Args:
+        image: (H, W, 3) uint8, after the family's ``preprocess_image``.
+    """
+    weight = check_adapt_weight(family.cfg["infer"].get("bn_adapt") or 0.0)
+    if weight == 0.0:
+        return contextlib.nullcontext()
+    observe = family_predictor(with_infer_overrides(family, tta=False), net, torch.device(device), amp_dtype)
+    spec = TileSpec.from_config(family.cfg["infer"])
+    return adapted_batchnorm(net, weight, lambda: predict_tiled(image, observe, spec, _discard, batch_size))
+
+
 @contextlib.contextmanager
 def _eval_mode(net: nn.Module) -> Iterator[None]:
     was_training = net.training
@@ -95,6 +121,7 @@ def infer_image(
     batch_size: int | None = None,
     tta: bool | None = None,
     amp_dtype: torch.dtype | None = None,
+    bn_adapt: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Tiled prediction of one in-memory image.
 
@@ -106,19 +133,20 @@ def infer_image(
         batch_size: windows per forward pass (``None``: ``infer.batch_size``).
         tta: test-time augmentation on/off (``None``: ``infer.tta`` of the config).
         amp_dtype: autocast dtype for the network (``None``: float32).
+        bn_adapt: BatchNorm adaptation weight (``None``: ``infer.bn_adapt``; see
+            :func:`adapted_to_image`).
 
     Returns:
         The family's named maps, each (H, W, C) float32.
     """
-    family = with_infer_overrides(family, tta=tta)
+    family = with_infer_overrides(family, tta=tta, bn_adapt=bn_adapt)
     spec = TileSpec.from_config(family.cfg["infer"])
+    batch_size = batch_size or family.cfg["infer"].get("batch_size", 8)
     sink = ArraySink(image.shape[0])
     image = family.preprocess_image(image)
-    with _eval_mode(net):
-        predict_tiled(
-            image, family_predictor(family, net, torch.device(device), amp_dtype), spec, sink,
-            batch_size=batch_size or family.cfg["infer"].get("batch_size", 8),
-        )
+    with _eval_mode(net), adapted_to_image(family, net, image, device, batch_size, amp_dtype):
+        predict_tiled(image, family_predictor(family, net, torch.device(device), amp_dtype), spec, sink,
+                      batch_size=batch_size)
     return sink.maps
 
 
@@ -319,6 +347,7 @@ def run_folder(
     workers: int = 1,
     output_format: str = "npz",
     show_progress: bool = True,
+    bn_adapt: float | None = None,
 ) -> RunReport:
     """Predict every image of a folder into raw files, skipping images already done.
 
@@ -331,6 +360,8 @@ def run_folder(
         workers: image-reading threads (images are read ahead while the network runs).
         output_format: ``'npz'`` or ``'h5'``.
         show_progress: draw a progress bar.
+        bn_adapt: override ``infer.bn_adapt`` (BatchNorm statistics adapted to each image;
+            see :func:`adapted_to_image`).
 
     Returns:
         The :class:`RunReport`; unreadable images are listed in ``failed``, not raised.
@@ -340,7 +371,7 @@ def run_folder(
     """
     if output_format not in OUTPUT_FORMATS:
         raise UserError(f"output format '{output_format}' is not one of {list(OUTPUT_FORMATS)}")
-    family = with_infer_overrides(family, tta=tta, mag=mag, batch_size=batch_size)
+    family = with_infer_overrides(family, tta=tta, mag=mag, batch_size=batch_size, bn_adapt=bn_adapt)
     infer_cfg = family.cfg["infer"]
     spec = TileSpec.from_config(infer_cfg)
     predict = family_predictor(family, net, torch.device(device))
@@ -373,10 +404,11 @@ def run_folder(
             target = output_dir / (H5_NAME if output_format == "h5" else f"{path.stem}.npz")
             image = family.preprocess_image(image)
             try:
-                if output_format == "h5":
-                    _infer_h5(predict, image, spec, infer_cfg["batch_size"], h5file, path.stem, meta)
-                else:
-                    _infer_npz(predict, image, spec, infer_cfg["batch_size"], target, meta)
+                with adapted_to_image(family, net, image, device, infer_cfg["batch_size"]):
+                    if output_format == "h5":
+                        _infer_h5(predict, image, spec, infer_cfg["batch_size"], h5file, path.stem, meta)
+                    else:
+                        _infer_npz(predict, image, spec, infer_cfg["batch_size"], target, meta)
             except OSError as err:
                 raise _write_failure(target, err) from None
             report.done.append(path)
