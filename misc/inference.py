@@ -374,6 +374,7 @@ def run_folder(
     family = with_infer_overrides(family, tta=tta, mag=mag, batch_size=batch_size, bn_adapt=bn_adapt)
     infer_cfg = family.cfg["infer"]
     spec = TileSpec.from_config(infer_cfg)
+    check_adapt_weight(infer_cfg.get("bn_adapt") or 0.0)
     predict = family_predictor(family, net, torch.device(device))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

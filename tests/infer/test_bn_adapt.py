@@ -72,6 +72,7 @@ def test_weight_outside_0_1_is_a_user_error(tmp_path: Path) -> None:
     write_image(tmp_path / "in" / "a.png", even_image((20, 20)))
     with pytest.raises(UserError, match="infer.bn_adapt"):
         run_folder(family, net, tmp_path / "in", tmp_path / "out", "cpu", bn_adapt=1.5, show_progress=False)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_cli_flag_reaches_the_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
