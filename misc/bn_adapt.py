@@ -50,6 +50,7 @@ def adapted_batchnorm(net: nn.Module, weight: float, collect: Callable[[], None]
         collect: runs the network on the adaptation data (e.g. every window of one image);
             meanwhile each BatchNorm layer is in training mode with a cumulative average
             (``momentum=None``), all other layers in their current mode.
+            A layer that ``collect`` never reaches (an unused branch) keeps its trained statistics.
 
     On exit every BatchNorm layer has its trained buffers, momentum and mode back, also when
     ``collect`` or the block raises.
@@ -64,12 +65,14 @@ def adapted_batchnorm(net: nn.Module, weight: float, collect: Callable[[], None]
             layer.momentum = None
             layer.train()
         collect()
-        for layer, (mean, var, *_rest) in zip(layers, saved):
+        seen = [layer.num_batches_tracked.item() > 0 for layer in layers]
+        if layers and not any(seen):
+            raise UserError("BatchNorm adaptation saw no data: the image gave no window")
+        for layer, (mean, var, *_rest), share in zip(layers, saved, seen):
             layer.eval()
-            if layer.num_batches_tracked.item() == 0:
-                raise UserError("BatchNorm adaptation saw no data: the image gave no window")
-            layer.running_mean.mul_(weight).add_(mean, alpha=1.0 - weight)
-            layer.running_var.mul_(weight).add_(var, alpha=1.0 - weight)
+            share = weight if share else 0.0
+            layer.running_mean.mul_(share).add_(mean, alpha=1.0 - share)
+            layer.running_var.mul_(share).add_(var, alpha=1.0 - share)
         yield
     finally:
         for layer, (mean, var, count, momentum, training) in zip(layers, saved):

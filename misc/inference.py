@@ -83,7 +83,7 @@ def _discard(row_start: int, row_stop: int, band: dict[str, np.ndarray]) -> None
 
 
 def adapted_to_image(
-    family: Any, net: nn.Module, image: np.ndarray, device: str | torch.device, batch_size: int,
+    family: Any, net: nn.Module, image: np.ndarray, spec: TileSpec, device: str | torch.device, batch_size: int,
     amp_dtype: torch.dtype | None = None,
 ) -> contextlib.AbstractContextManager:
     """Context in which ``net``'s BatchNorm statistics are adapted to ``image`` (``infer.bn_adapt``).
@@ -94,12 +94,12 @@ def adapted_to_image(
 
     Args:
         image: (H, W, 3) uint8, after the family's ``preprocess_image``.
+        spec: the window geometry of the prediction that follows.
     """
     weight = check_adapt_weight(family.cfg["infer"].get("bn_adapt") or 0.0)
     if weight == 0.0:
         return contextlib.nullcontext()
     observe = family_predictor(with_infer_overrides(family, tta=False), net, torch.device(device), amp_dtype)
-    spec = TileSpec.from_config(family.cfg["infer"])
     return adapted_batchnorm(net, weight, lambda: predict_tiled(image, observe, spec, _discard, batch_size))
 
 
@@ -144,7 +144,7 @@ def infer_image(
     batch_size = batch_size or family.cfg["infer"].get("batch_size", 8)
     sink = ArraySink(image.shape[0])
     image = family.preprocess_image(image)
-    with _eval_mode(net), adapted_to_image(family, net, image, device, batch_size, amp_dtype):
+    with _eval_mode(net), adapted_to_image(family, net, image, spec, device, batch_size, amp_dtype):
         predict_tiled(image, family_predictor(family, net, torch.device(device), amp_dtype), spec, sink,
                       batch_size=batch_size)
     return sink.maps
@@ -405,7 +405,7 @@ def run_folder(
             target = output_dir / (H5_NAME if output_format == "h5" else f"{path.stem}.npz")
             image = family.preprocess_image(image)
             try:
-                with adapted_to_image(family, net, image, device, infer_cfg["batch_size"]):
+                with adapted_to_image(family, net, image, spec, device, infer_cfg["batch_size"]):
                     if output_format == "h5":
                         _infer_h5(predict, image, spec, infer_cfg["batch_size"], h5file, path.stem, meta)
                     else:

@@ -72,3 +72,10 @@ def test_layers_without_running_statistics_are_left_alone() -> None:
 def test_weight_outside_0_1_is_refused(weight: object) -> None:
     with pytest.raises(UserError, match="infer.bn_adapt"):
         check_adapt_weight(weight)
+
+
+def test_layer_the_data_never_reaches_keeps_its_trained_statistics() -> None:
+    used, unused = trained_bn(), trained_bn()
+    with torch.no_grad(), adapted_batchnorm(nn.ModuleList([used, unused]), 1.0, lambda: used(collected())):
+        assert used.running_mean.mean().item() > 5
+        assert torch.equal(unused.running_mean, torch.ones(3)) and torch.equal(unused.running_var, torch.full((3,), 4.0))
