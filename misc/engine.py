@@ -331,7 +331,7 @@ def image_tensor(images: torch.Tensor, device: torch.device, channels_last: bool
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out.contiguous()
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def autocast_context(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
@@ -504,7 +504,7 @@ def cpu_bf16_supported() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _amp_dtype(train_cfg: dict, device: torch.device) -> torch.dtype | None:
+def training_amp_dtype(train_cfg: dict, device: torch.device) -> torch.dtype | None:
     """Autocast dtype of training: on CUDA with ``train.amp`` bf16 where supported, else fp16;
     on CPU with ``train.amp_cpu`` bf16 when the CPU has native bf16 (else a warning and None);
     None otherwise (float32)."""
@@ -519,7 +519,7 @@ def _amp_dtype(train_cfg: dict, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def _channels_last(net: nn.Module, train_cfg: dict, device: torch.device, amp_dtype: torch.dtype | None) -> bool:
+def training_channels_last(net: nn.Module, train_cfg: dict, device: torch.device, amp_dtype: torch.dtype | None) -> bool:
     """``train.channels_last``, except on CPU under bf16 autocast for a network with dilated
     convolutions: oneDNN (torch 2.13) crashes with a segmentation fault on bf16 dilated NHWC
     convolutions of some channel counts (24 here), so those keep NCHW (with a warning)."""
@@ -533,7 +533,7 @@ def _channels_last(net: nn.Module, train_cfg: dict, device: torch.device, amp_dt
     return True
 
 
-def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
+def batch_to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
     out = {}
     for key, value in batch.items():
         if key == "image":
@@ -697,13 +697,13 @@ def train(setup: Setup, resume: dict | None = None) -> TrainResult:
     train_cfg = cfg["train"]
     phases = train_cfg["phases"]
     total_epochs = sum(int(phase["epochs"]) for phase in phases)
-    amp_dtype = _amp_dtype(train_cfg, setup.device)
+    amp_dtype = training_amp_dtype(train_cfg, setup.device)
     options = StepOptions(
         accumulate=max(1, int(train_cfg.get("accumulate", 1))),
         clip_grad_norm=train_cfg.get("clip_grad_norm"),
         log_every=max(1, int(train_cfg.get("log_every", 10))),
         amp_dtype=amp_dtype,
-        channels_last=_channels_last(net, train_cfg, setup.device, amp_dtype),
+        channels_last=training_channels_last(net, train_cfg, setup.device, amp_dtype),
         total_epochs=total_epochs,
     )
     if options.channels_last:
@@ -794,11 +794,11 @@ def _train_epoch(setup: Setup, state: PhaseState, loop: Loop, options: StepOptio
     accumulate = options.accumulate
     bar = _progress(loader, n_batches, f"epoch {loop.epoch + 1}/{options.total_epochs}", info.is_main and not setup.quiet)
     for index, batch in enumerate(bar):
-        batch = _to_device(batch, device, options.channels_last)
+        batch = batch_to_device(batch, device, options.channels_last)
         last_micro = (index + 1) % accumulate == 0 or index + 1 == n_batches
         sync = contextlib.nullcontext() if last_micro or not info.distributed else model.no_sync()
         with sync:
-            with _autocast(device, options.amp_dtype):
+            with autocast_context(device, options.amp_dtype):
                 outputs = family.forward(model, batch)
                 loss, terms = family.loss(outputs, batch, state.weights)
             names = ["loss", *terms]

@@ -7,17 +7,40 @@ SPLIT=${SPLIT:-benchmarks/recipes/monuseg_split.json}
 TRAIN_PART=${TRAIN_PART:-train}
 VALID_PART=${VALID_PART:-valid}
 
-# budget_epochs FAMILY: nothing where training runs on CUDA or on a CPU with native bf16 (the
-# cpu profile's epochs fit the budget), else half the cpu profile's epochs (float32 CPU steps
-# take twice as long).
+# budget_epochs FAMILY PATCHES DATA START [TRAIN_OPTION...]: the most epochs of the cpu profile
+# (at most its own) that fit the recipe's budget of $BUDGET_MINUTES (default 30) minutes since
+# START (unix seconds) on this host, scoring the $VALID_PART tiles of DATA included:
+# `python -m misc.budget` times a training step and the loader on PATCHES and one inference
+# window with the profile's TTA (its reasoning goes to stderr). Of the train.py options only the
+# --set ones apply.
 budget_epochs() {
-    python - "$1" <<'PY'
+    local family=$1 patches=$2 data=$3 start=$4 sets=() images
+    shift 4
+    mapfile -t sets < <(set_options "$@")
+    images=$(mktemp -d)
+    link_valid_images "$data" "$images"
+    python -m misc.budget --model "$family" --profile cpu --data "$patches" --score-images "$images" \
+        --budget-s "$(( ${BUDGET_MINUTES:-30} * 60 - ($(date +%s) - start) - SCORING_MARGIN_S ))" \
+        --num-threads "${OMP_NUM_THREADS:-2}" "${sets[@]}"
+    rm -rf "$images"
+}
+SCORING_MARGIN_S=60   # process.py + scoring of the validation tiles, and start-up, outside the planner's estimate
+
+# set_options [TRAIN_OPTION...]: the "--set KEY=VALUE" pairs among train.py options, one word per line.
+set_options() {
+    while (($#)); do
+        [[ $1 == --set && $# -ge 2 ]] && { printf '%s\n' --set "$2"; shift; }
+        shift
+    done
+    return 0
+}
+
+# recorded_epochs RUN_DIR: the epochs of the run's only phase, from its run.yaml.
+recorded_epochs() {
+    python - "$1/run.yaml" <<'PY'
 import sys
-import torch
-from config import load_config
-from misc.engine import cpu_bf16_supported
-epochs = load_config(sys.argv[1], "cpu")["train"]["phases"][0]["epochs"]
-print("" if torch.cuda.is_available() or cpu_bf16_supported() else max(1, epochs // 2))
+import yaml
+print(yaml.safe_load(open(sys.argv[1]))["config"]["train"]["phases"][0]["epochs"])
 PY
 }
 
@@ -67,13 +90,13 @@ PY
 
 # run_recipe FAMILY WIN STEP DATA OUT [EPOCHS [EXTRACT_OPTION...]]: cut the split's training
 # tiles into WIN windows (STEP apart; extra extract_patches.py options after EPOCHS, which may
-# be empty), train FAMILY's cpu profile on them without validation, then score_valid. Run
-# again on the same OUT, it resumes: extracted tiles, finished epochs and inferred tiles are kept.
+# be empty), train FAMILY's cpu profile on them without validation for EPOCHS epochs (default:
+# budget_epochs), then score_valid. Run again on the same OUT, it resumes: extracted tiles,
+# finished epochs (of the epochs planned at the start) and inferred tiles are kept.
 run_recipe() {
     local family=$1 win=$2 step=$3 data=$4 out=$5 epochs=${6:-}
     shift $(($# < 6 ? $# : 6))
     export OMP_NUM_THREADS="${THREADS:-2}"
-    epochs="${epochs:-$(budget_epochs "$family")}"     # half the epochs where the CPU lacks bf16
     mkdir -p "$out"
     local start trained resume=() extra=()
     mapfile -t extra < <(train_options)
@@ -81,9 +104,16 @@ run_recipe() {
     start=$(date +%s)
     python extract_patches.py monuseg "$data" "$out/patches" --win "$win" --step "$step" --mode valid \
         --split "$SPLIT:$TRAIN_PART" --format h5 --no-progress "$@"
+    if [[ -z "$epochs" ]]; then
+        if ((${#resume[@]})); then
+            epochs=$(recorded_epochs "$out/run")
+        else
+            epochs=$(budget_epochs "$family" "$out/patches/$TRAIN_PART.h5" "$data" "$start" "${extra[@]}")
+        fi
+    fi
     python train.py --model "$family" --profile cpu --data "$out/patches/$TRAIN_PART.h5" --out "$out/run" \
         --num-threads "$OMP_NUM_THREADS" --quiet --set data.val_fraction=0.0 --set train.val_every=1000 \
-        ${epochs:+--set "train.phases.0.epochs=$epochs"} "${extra[@]}" "${resume[@]}"
+        --set "train.phases.0.epochs=$epochs" "${extra[@]}" "${resume[@]}"
     trained=$(date +%s)
     score_valid "monuseg_${family}_cpu" "$out/run/checkpoints/latest.pt" "$data" "$out" "$start" "$trained"
 }

@@ -6,7 +6,7 @@
 # FAMILY is hovernet or fullnet. The folds are fixed in benchmarks/recipes/monuseg_folds.json:
 # fold0 is the recipes' split (monuseg_split.json), folds 1-3 deal its 10 training tiles into
 # 3 validation parts of 3-4 tiles, so every tile is validated once. Each fold runs the family's
-# recipe (the same cpu profile, epochs and scoring) into OUT_DIR/foldK, skipping a fold whose
+# recipe (the same cpu profile, epoch planning and scoring) into OUT_DIR/foldK, skipping a fold whose
 # scores are already there; FOLD arguments pick folds (default all 4). The last line is one
 # JSON object: the per-image means over every validated tile, and each fold's mean PQ.
 # DATA_DIR defaults to $HISTOSEG_DATA/monuseg or ../shared/data/monuseg beside the checkout.

@@ -9,7 +9,9 @@
 # 3. train.py --profile cpu (same-mode HoVer-Net: fast mode with "same"-padded decoders, encoder
 #    units [1,1,1,1], encoder and decoders at quarter width, Reinhard colour normalisation to
 #    the training patches' mean CIELAB statistics, bf16 autocast, batch 2, Adam 2e-3 with
-#    cosine decay) for EPOCHS epochs (default: the profile's 20) with no validation;
+#    cosine decay) for EPOCHS epochs with no validation (default: the profile's 20, or as many as
+#    fit the 30 minutes on this host, timed by `python -m misc.budget`; BUDGET_MINUTES=N changes
+#    the budget);
 # 4. infer.py (the profile's 8-fold TTA) on the 3 validation tiles (1000x1000) and process.py
 #    (post-processing constants tuned on these tiles) scoring them against their annotations;
 #    the last line is one JSON object of scores.

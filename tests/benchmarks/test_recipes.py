@@ -77,20 +77,22 @@ def test_train_options_unset_add_nothing() -> None:
     assert _train_options(None) == []
 
 
-def _budget_epochs(family: str, env: dict[str, str]) -> str:
-    """``budget_epochs FAMILY`` of ``monuseg_common.sh``, run from the repository root."""
-    command = f"source {RECIPES / 'monuseg_common.sh'} && budget_epochs {family}"
-    done = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True)
-    return done.stdout.strip()
+def _common(command: str, *args: str) -> list[str]:
+    """Output lines of a ``monuseg_common.sh`` function called with ``args``."""
+    script = f'source benchmarks/recipes/monuseg_common.sh; {command} "$@"'
+    result = subprocess.run(["bash", "-c", script, "bash", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                            check=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    return result.stdout.splitlines()
 
 
-def test_budget_epochs_halves_the_profile_only_on_cpus_without_bf16() -> None:
-    from misc.engine import cpu_bf16_supported
-
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT)}
-    assert _budget_epochs("hovernet", env) == ("" if cpu_bf16_supported() else "10")
+def test_budget_planning_takes_only_the_set_options() -> None:
+    options = ["--resume", "--set", "train.seed=11", "--device", "cpu", "--set", "model.reinhard=null"]
+    assert _common("set_options", *options) == ["--set", "train.seed=11", "--set", "model.reinhard=null"]
 
 
-@pytest.mark.cuda
-def test_budget_epochs_keeps_the_profile_on_cuda() -> None:
-    assert _budget_epochs("hovernet", {**os.environ, "PYTHONPATH": str(REPO_ROOT)}) == ""
+def test_a_resumed_recipe_keeps_its_recorded_epochs(tmp_path: Path) -> None:
+    from config import load_config, write_run_record
+
+    cfg = load_config("hovernet", "cpu", overrides=["train.phases.0.epochs=7"])
+    write_run_record(tmp_path, cfg, argv=[])
+    assert _common("recorded_epochs", str(tmp_path)) == ["7"]

@@ -166,9 +166,9 @@ def test_load_model_refuses_a_file_that_is_no_checkpoint(tmp_path):
 
 def test_cpu_autocast_is_bf16_only_with_amp_cpu() -> None:
     cpu = torch.device("cpu")
-    assert engine._amp_dtype({"amp": True}, cpu) is None
+    assert engine.training_amp_dtype({"amp": True}, cpu) is None
     expected = torch.bfloat16 if engine.cpu_bf16_supported() else None
-    assert engine._amp_dtype({"amp": True, "amp_cpu": True}, cpu) == expected
+    assert engine.training_amp_dtype({"amp": True, "amp_cpu": True}, cpu) == expected
 
 
 @pytest.mark.skipif(not engine.cpu_bf16_supported(), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
@@ -186,6 +186,6 @@ def test_channels_last_is_dropped_for_dilated_convolutions_under_cpu_bf16() -> N
     dilated = nn.Sequential(nn.Conv2d(3, 4, 3, padding=2, dilation=2))
     plain = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
     cfg = {"channels_last": True}
-    assert engine._channels_last(dilated, cfg, cpu, None) and engine._channels_last(plain, cfg, cpu, torch.bfloat16)
-    assert not engine._channels_last(dilated, cfg, cpu, torch.bfloat16)
-    assert not engine._channels_last(plain, {"channels_last": False}, cpu, None)
+    assert engine.training_channels_last(dilated, cfg, cpu, None) and engine.training_channels_last(plain, cfg, cpu, torch.bfloat16)
+    assert not engine.training_channels_last(dilated, cfg, cpu, torch.bfloat16)
+    assert not engine.training_channels_last(plain, {"channels_last": False}, cpu, None)
