@@ -1,7 +1,7 @@
 """Fit a training run into a wall-clock budget on the host at hand.
 
 Hosts differ severalfold in speed: the HoVer-Net ``cpu`` profile trains at about 3.5 steps/s on
-one 2-core CPU of this project and 1.4 steps/s on another, so a fixed epoch count cannot keep a
+one 2-core CPU of this project and 1.7 steps/s on another, so a fixed epoch count cannot keep a
 recipe within its budget. :func:`measure` times, on this host and on the run's own training
 data, what the run spends its time on:
 
@@ -12,7 +12,12 @@ data, what the run spends its time on:
   ``infer.bn_adapt`` is on (scoring the validation images after training).
 
 :func:`plan_epochs` then picks the most epochs (at most the profile's) whose training and
-scoring fit the budget. ``python -m misc.budget`` prints that number for a recipe.
+scoring, with a safety margin, fit the budget. ``python -m misc.budget`` prints that number for
+a recipe.
+
+The margin (:data:`SAFETY_MARGIN`) is there because a short timing is a sample of a host whose
+speed drifts: three timings of the same step on one 2-core Xeon gave 0.44, 0.60 and 0.77 s
+while the training that followed ran at 0.60-0.64 s per step.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from misc.errors import UserError, cli_main
 
 log = logging.getLogger(__name__)
 
+#: Factor on the measured times when planning (see the module docstring).
+SAFETY_MARGIN = 1.25
+
 
 @dataclass(frozen=True)
 class HostTimes:
@@ -51,18 +59,21 @@ class HostTimes:
     window_s: float
 
     def epoch_seconds(self, samples: int, batch_size: int) -> float:
-        """Seconds of one epoch over ``samples`` training samples in batches of ``batch_size``."""
+        """Seconds of one epoch over ``samples`` training samples in batches of ``batch_size``,
+        loading and stepping one after the other (loader workers would overlap them: an upper bound)."""
         return math.ceil(samples / batch_size) * (self.step_s + batch_size * self.sample_s)
 
 
 def plan_epochs(
     times: HostTimes, samples: int, batch_size: int, max_epochs: int, budget_s: float, windows: int = 0,
+    margin: float = SAFETY_MARGIN,
 ) -> int:
     """The most epochs, from 1 to ``max_epochs``, whose training plus the inference of
-    ``windows`` windows fits in ``budget_s`` seconds (1 when not even one epoch fits)."""
+    ``windows`` windows, each taking ``margin`` times the measured seconds, fits in ``budget_s``
+    seconds (1 when not even one epoch fits)."""
     if samples < 1 or batch_size < 1 or max_epochs < 1:
         raise UserError(f"plan_epochs: samples, batch size and epochs must be >= 1, got {samples}, {batch_size}, {max_epochs}")
-    left = budget_s - windows * times.window_s
+    left = budget_s / margin - windows * times.window_s
     return max(1, min(max_epochs, math.floor(left / times.epoch_seconds(samples, batch_size))))
 
 
@@ -81,7 +92,7 @@ def _synchronizer(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def time_training(family: Any, dataset: Any, device: torch.device, repeats: int = 3) -> tuple[float, float]:
+def time_training(family: Any, dataset: Any, device: torch.device, repeats: int = 5) -> tuple[float, float]:
     """``(step_s, sample_s)``: a first-phase optimiser step and the loader's work per sample.
 
     Args:
@@ -89,7 +100,7 @@ def time_training(family: Any, dataset: Any, device: torch.device, repeats: int 
         dataset: the training dataset (``misc.engine.build_train_dataset``), at least one batch;
             its samples are read twice and the second reading is timed, so per-sample maps the
             engine caches after the first epoch (e.g. FullNet's weight maps) count as cached.
-        repeats: timed steps after two warm-up steps.
+        repeats: timed steps after two warm-up steps, each on its own batch.
     """
     from misc import engine
 
@@ -98,8 +109,9 @@ def time_training(family: Any, dataset: Any, device: torch.device, repeats: int 
     batch_size = int(phase["batch_size"])
     if len(dataset) < batch_size:
         raise UserError(f"time_training: {len(dataset)} training samples, fewer than one batch of {batch_size}")
-    indices = [index % len(dataset) for index in range(batch_size * 2)]
-    items = [dataset[index] for index in indices]
+    indices = [index % len(dataset) for index in range(batch_size * (repeats + 2))]
+    for index in indices:  # first reading: fills the per-sample cache, warms the reader
+        dataset[index]
     start = time.perf_counter()
     items = [dataset[index] for index in indices]
     sample_s = (time.perf_counter() - start) / len(items)
@@ -111,10 +123,14 @@ def time_training(family: Any, dataset: Any, device: torch.device, repeats: int 
         net.to(memory_format=torch.channels_last)
     optimizer = engine.build_optimizer(family.parameter_groups(net, phase), phase.get("optimizer") or {}, "timing")
     family.train_mode(net, phase)
-    batch = engine.batch_to_device(default_collate(items[:batch_size]), device, channels_last)
+    batches = iter([
+        engine.batch_to_device(default_collate(items[first:first + batch_size]), device, channels_last)
+        for first in range(0, len(items), batch_size)
+    ])
     weights = {key: float(value) for key, value in (phase.get("loss_weights") or {}).items()}
 
     def step() -> None:
+        batch = next(batches)
         with engine.autocast_context(device, amp_dtype):
             loss, _ = family.loss(family.forward(net, batch), batch, weights)
         loss.backward()
@@ -220,9 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     epoch_s = times.epoch_seconds(len(samples), batch_size)
     log.info(
         "budget on %s: step %.3f s + %.3f s/sample loading -> %.0f s per epoch of %d samples; scoring %d windows x %.3f s "
-        "= %.0f s; %.0f s left -> %d of the profile's %d epochs (%.0f s of training)",
+        "= %.0f s; %.0f s left, planned with %.2fx these times -> %d of the profile's %d epochs (%.0f s of training)",
         device, times.step_s, times.sample_s, epoch_s, len(samples), windows, times.window_s, windows * times.window_s,
-        budget_s, epochs, max_epochs, epochs * epoch_s,
+        budget_s, SAFETY_MARGIN, epochs, max_epochs, epochs * epoch_s,
     )
     print(epochs)
     return 0

@@ -332,6 +332,7 @@ def image_tensor(images: torch.Tensor, device: torch.device, channels_last: bool
 
 
 def autocast_context(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``amp_dtype`` on ``device`` (a no-op context for None: float32)."""
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)

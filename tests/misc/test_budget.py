@@ -31,7 +31,12 @@ def test_plan_keeps_the_profile_epochs_when_they_fit() -> None:
 
 def test_plan_takes_the_epochs_that_fit_after_scoring() -> None:
     # 100 s - 10 windows x 2 s = 80 s of training; 80 / 3.5 = 22.9 -> 22 of at most 30
-    assert plan_epochs(TIMES, samples=10, batch_size=2, max_epochs=30, budget_s=100.0, windows=10) == 22
+    assert plan_epochs(TIMES, samples=10, batch_size=2, max_epochs=30, budget_s=100.0, windows=10, margin=1.0) == 22
+
+
+def test_plan_stretches_the_measured_times_by_the_margin() -> None:
+    # every time x 2: 100 / 2 - 20 = 30 s of training at 3.5 s per epoch -> 8
+    assert plan_epochs(TIMES, samples=10, batch_size=2, max_epochs=30, budget_s=100.0, windows=10, margin=2.0) == 8
 
 
 def test_plan_trains_one_epoch_when_nothing_fits() -> None:
@@ -105,3 +110,15 @@ def test_cli_plans_the_profile_epochs_for_a_generous_budget(capsys, demo_patches
 
 def test_cli_plans_one_epoch_for_a_budget_too_small(capsys, demo_patches: Path) -> None:
     assert planned(capsys, demo_patches, 0.001) == 1
+
+
+def test_cli_names_a_missing_training_source(capsys, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        budget.main(["--model", "hovernet", "--profile", "demo", "--data", str(tmp_path / "nosuch.h5"), "--budget-s", "60"])
+    assert exit_info.value.code == 2 and "nosuch.h5" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_profile_of_several_phases(capsys, demo_patches: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        budget.main(["--model", "hovernet", "--profile", "paper", "--data", str(demo_patches), "--budget-s", "60"])
+    assert exit_info.value.code == 2 and "2 phases" in capsys.readouterr().err
