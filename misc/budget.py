@@ -127,7 +127,7 @@ def time_training(family: Any, dataset: Any, device: torch.device, repeats: int 
         engine.batch_to_device(default_collate(items[first:first + batch_size]), device, channels_last)
         for first in range(0, len(items), batch_size)
     ])
-    weights = {key: float(value) for key, value in (phase.get("loss_weights") or {}).items()}
+    weights = engine.phase_loss_weights(phase)
 
     def step() -> None:
         batch = next(batches)

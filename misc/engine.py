@@ -600,6 +600,11 @@ class PhaseState:
     weights: dict[str, float]
 
 
+def phase_loss_weights(phase: dict) -> dict[str, float]:
+    """A phase's ``loss_weights`` as floats (empty when it names none)."""
+    return {key: float(value) for key, value in (phase.get("loss_weights") or {}).items()}
+
+
 def _start_phase(setup: Setup, index: int, options: StepOptions, resume: dict | None) -> PhaseState:
     """Freeze, build loader, optimiser, scheduler and scaler of phase ``index``; restore their
     states from ``resume`` when it was saved inside this phase."""
@@ -621,7 +626,7 @@ def _start_phase(setup: Setup, index: int, options: StepOptions, resume: dict | 
     model: nn.Module = setup.net
     if info.distributed:
         model = DistributedDataParallel(setup.net, device_ids=[device.index] if device.type == "cuda" else None)
-    weights = {key: float(value) for key, value in (phase.get("loss_weights") or {}).items()}
+    weights = phase_loss_weights(phase)
     first = phase_start(cfg["train"]["phases"], index)
     log.info(
         "phase '%s' (%d/%d): epochs %d-%d, batch %d per process x %d process(es), freeze %s",
