@@ -1,7 +1,7 @@
 """Predict raw maps for a folder of images with a trained checkpoint.
 
 ``python infer.py --model-path CKPT --input DIR --output DIR [--batch-size N] [--tta/--no-tta]
-[--device D] [--mag 20|40] [--workers N] [--format npz|h5] [--bn-adapt W]``
+[--device D] [--mag 20|40] [--workers N] [--format npz|h5] [--bn-adapt W] [--amp/--no-amp]``
 
 The checkpoint carries the family, its resolved config and the weights; this script only
 overrides the options given. Exit code 0 when every image was predicted (or already done),
@@ -38,6 +38,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--bn-adapt", type=float, default=None, metavar="W",
                         help="adapt BatchNorm statistics to each image: W x the image's + (1 - W) x the trained "
                              "(0 = off, 1 = the image's only; default infer.bn_adapt)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="run the network under bf16 autocast (fp16 on GPUs without bf16; on a CPU only with "
+                             "native bf16) and infer.channels_last (default infer.amp of the checkpoint's config)")
     parser.add_argument("--workers", type=int, default=2, help="image-reading threads (default 2)")
     parser.add_argument("--format", choices=OUTPUT_FORMATS, default="npz",
                         help="one .npz per image (default) or one raw.h5 for the folder")
@@ -62,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run_folder(
         family, net, args.input, args.output, device,
         batch_size=args.batch_size, tta=args.tta, mag=args.mag, workers=args.workers,
-        output_format=args.format, show_progress=not args.quiet, bn_adapt=args.bn_adapt,
+        output_format=args.format, show_progress=not args.quiet, bn_adapt=args.bn_adapt, amp=args.amp,
     )
     log.info("%d predicted, %d already done, %d unreadable; outputs in %s",
              len(report.done), len(report.skipped), len(report.failed), args.output)

@@ -4,7 +4,9 @@ Prints one JSON line per measurement:
 
 - ``infer``: tiles (windows) per second through the whole tiled path (``misc.inference.infer_image``:
   window gathering, ``family.predict``, stitching) for HoVer-Net ``original`` and ``fast`` at
-  published size (random weights) and for the ``cpu`` profile of ``opt/hovernet.yaml``;
+  published size (random weights) and for the ``cpu`` profile of ``opt/hovernet.yaml``, in
+  ``infer.py``'s precision and memory format (``infer.amp``, ``infer.channels_last``: bf16 NHWC
+  in the ``cpu`` profile, float32 NCHW in ``cpu-float32``);
 - ``process``: seconds per 1000x1000 image for ``process.py``'s work on one raw file (HoVer-Net
   post-processing of ~600 nuclei and writing .mat, .json, .geojson and the overlay .png).
 
@@ -29,7 +31,7 @@ from benchmarks.bench_postproc import synthetic_maps  # noqa: E402
 from config import load_config  # noqa: E402
 from misc.errors import cli_main  # noqa: E402
 from misc.distributed import resolve_device  # noqa: E402
-from misc.inference import RawRef, infer_image, process_raw  # noqa: E402
+from misc.inference import RawRef, infer_image, inference_precision, process_raw  # noqa: E402
 from misc.synthetic import generate_tile  # noqa: E402
 from misc.tiling import TileSpec, window_count  # noqa: E402
 from models import get_family  # noqa: E402
@@ -39,6 +41,7 @@ SETTINGS = (
     ("original", "paper", []),
     ("fast", "paper", ["model.mode=fast", "infer.input_size=256", "infer.output_size=164"]),
     ("cpu", "cpu", []),
+    ("cpu-float32", "cpu", ["infer.amp=false", "infer.channels_last=false"]),
 )
 
 
@@ -49,24 +52,28 @@ def bench_infer(name: str, profile: str, overrides: list[str], device: torch.dev
     cfg = load_config("hovernet", profile, overrides=[*overrides, "model.pretrained=null"])
     family = get_family("hovernet")(cfg)
     net = family.build_network().to(device).eval()
+    amp_dtype = inference_precision(family, net, device)
     infer_cfg = cfg["infer"]
     spec = TileSpec.from_config(infer_cfg)
     side = grid * spec.stride
     image = generate_tile(0, (side, side))[0]
     tiles = window_count((side, side), spec)
     batch = batch_size or infer_cfg["batch_size"]
-    infer_image(family, net, image[: infer_cfg["output_size"], : infer_cfg["output_size"]], device, batch)  # warm-up
+    infer_image(family, net, image[: infer_cfg["output_size"], : infer_cfg["output_size"]], device, batch,
+                amp_dtype=amp_dtype)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    infer_image(family, net, image, device, batch)
+    infer_image(family, net, image, device, batch, amp_dtype=amp_dtype)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return {
         "bench": "infer", "setting": name, "profile": profile, "mode": cfg["model"]["mode"],
         "encoder": cfg["model"]["encoder"], "window": [infer_cfg["input_size"], infer_cfg["output_size"]],
-        "tta": bool(infer_cfg.get("tta")), "batch_size": batch, "tiles": tiles, "device": str(device),
+        "tta": bool(infer_cfg.get("tta")), "amp": str(amp_dtype or "float32").replace("torch.", ""),
+        "channels_last": next(p for p in net.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last),
+        "batch_size": batch, "tiles": tiles, "device": str(device),
         "threads": torch.get_num_threads(), "tiles_per_s": round(tiles / seconds, 3), "seconds": round(seconds, 2),
     }
 

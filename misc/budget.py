@@ -145,17 +145,19 @@ def time_training(family: Any, dataset: Any, device: torch.device, repeats: int 
 def time_inference(family: Any, device: torch.device, repeats: int = 1) -> float:
     """Seconds per inference window: a batch of ``infer.batch_size`` random windows through
     ``family.predict`` (with the profile's TTA), plus one plain pass when ``infer.bn_adapt``
-    is on, divided by the batch size; float32, as ``infer.py`` runs. One warm-up run comes
+    is on, divided by the batch size; in ``infer.py``'s precision and memory format
+    (:func:`misc.inference.inference_precision`). One warm-up run comes
     first (with 8-fold TTA a run is 9 network passes of the batch, so one timed run suffices)."""
-    from misc.inference import family_predictor, with_infer_overrides
+    from misc.inference import family_predictor, inference_precision, with_infer_overrides
 
     infer_cfg = family.cfg["infer"]
     batch_size, size = int(infer_cfg.get("batch_size", 1)), int(infer_cfg["input_size"])
     net = family.build_network().to(device).eval()
+    amp_dtype = inference_precision(family, net, device)
     windows = np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
-    passes = [family_predictor(family, net, device)]
+    passes = [family_predictor(family, net, device, amp_dtype)]
     if float(infer_cfg.get("bn_adapt") or 0.0) > 0.0:
-        passes.append(family_predictor(with_infer_overrides(family, tta=False), net, device))
+        passes.append(family_predictor(with_infer_overrides(family, tta=False), net, device, amp_dtype))
 
     def run() -> None:
         for predict in passes:

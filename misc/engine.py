@@ -39,6 +39,7 @@ import config as config_module
 from misc import checkpoint as ckpt
 from misc.distributed import DistInfo, barrier, mean_across
 from misc.errors import UserError
+from misc.precision import autocast_dtype, channels_last_allowed
 from models.base import Family
 
 log = logging.getLogger(__name__)
@@ -500,38 +501,17 @@ def phase_start(phases: list[dict], index: int) -> int:
     return sum(int(phase["epochs"]) for phase in phases[:index])
 
 
-def cpu_bf16_supported() -> bool:
-    """Whether this CPU runs bf16 natively through oneDNN (AVX512-BF16 or AMX)."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def training_amp_dtype(train_cfg: dict, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype of training: on CUDA with ``train.amp`` bf16 where supported, else fp16;
-    on CPU with ``train.amp_cpu`` bf16 when the CPU has native bf16 (else a warning and None);
-    None otherwise (float32)."""
-    if device.type == "cuda":
-        if not train_cfg.get("amp", False):
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and train_cfg.get("amp_cpu", False):
-        if cpu_bf16_supported():
-            return torch.bfloat16
-        log.warning("train.amp_cpu: this CPU has no native bf16 (AVX512-BF16/AMX); training in float32")
-    return None
+    """Autocast dtype of training (:func:`misc.precision.autocast_dtype` of ``train.amp`` on
+    CUDA and ``train.amp_cpu`` on CPU)."""
+    return autocast_dtype(device, bool(train_cfg.get("amp", False)), bool(train_cfg.get("amp_cpu", False)),
+                          "train.amp_cpu")
 
 
 def training_channels_last(net: nn.Module, train_cfg: dict, device: torch.device, amp_dtype: torch.dtype | None) -> bool:
-    """``train.channels_last``, except on CPU under bf16 autocast for a network with dilated
-    convolutions: oneDNN (torch 2.13) crashes with a segmentation fault on bf16 dilated NHWC
-    convolutions of some channel counts (24 here), so those keep NCHW (with a warning)."""
-    if not train_cfg.get("channels_last", False):
-        return False
-    if device.type == "cpu" and amp_dtype == torch.bfloat16 and any(
-        isinstance(module, nn.Conv2d) and max(module.dilation) > 1 for module in net.modules()
-    ):
-        log.warning("train.channels_last is ignored: bf16 dilated convolutions in NHWC crash oneDNN on CPU")
-        return False
-    return True
+    """``train.channels_last`` where oneDNN allows it (:func:`misc.precision.channels_last_allowed`)."""
+    return channels_last_allowed(net, bool(train_cfg.get("channels_last", False)), device, amp_dtype,
+                                 "train.channels_last")
 
 
 def batch_to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from misc.bn_adapt import adapted_batchnorm, check_adapt_weight
 from misc.errors import UserError
 from misc.io import IMAGE_EXTENSIONS, atomic_write, read_image
+from misc.precision import autocast_dtype, channels_last_allowed
 from postproc.formats import DEFAULT_FORMATS
 from misc.tiling import ArraySink, Predictor, TileSpec, predict_tiled, window_count
 
@@ -76,6 +77,18 @@ def family_predictor(family: Any, net: nn.Module, device: torch.device, amp_dtyp
         return {name: value.float().permute(0, 2, 3, 1).cpu().numpy() for name, value in outputs.items()}
 
     return predict
+
+
+def inference_precision(family: Any, net: nn.Module, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``infer.amp`` on ``device`` (bf16 on a CPU with native bf16 or a
+    GPU with bf16, fp16 on other GPUs; None: float32), see :func:`misc.precision.autocast_dtype`.
+    With ``infer.channels_last`` the network moves to NHWC where oneDNN allows it."""
+    infer_cfg = family.cfg["infer"]
+    amp = bool(infer_cfg.get("amp", False))
+    amp_dtype = autocast_dtype(device, amp, amp, "infer.amp")
+    if channels_last_allowed(net, bool(infer_cfg.get("channels_last", False)), device, amp_dtype, "infer.channels_last"):
+        net.to(memory_format=torch.channels_last)
+    return amp_dtype
 
 
 def _discard(row_start: int, row_stop: int, band: dict[str, np.ndarray]) -> None:
@@ -348,6 +361,7 @@ def run_folder(
     output_format: str = "npz",
     show_progress: bool = True,
     bn_adapt: float | None = None,
+    amp: bool | None = None,
 ) -> RunReport:
     """Predict every image of a folder into raw files, skipping images already done.
 
@@ -362,6 +376,8 @@ def run_folder(
         show_progress: draw a progress bar.
         bn_adapt: override ``infer.bn_adapt`` (BatchNorm statistics adapted to each image;
             see :func:`adapted_to_image`).
+        amp: override ``infer.amp`` (the network under bf16/fp16 autocast, see
+            :func:`inference_precision`; ``infer.channels_last`` also applies).
 
     Returns:
         The :class:`RunReport`; unreadable images are listed in ``failed``, not raised.
@@ -371,11 +387,12 @@ def run_folder(
     """
     if output_format not in OUTPUT_FORMATS:
         raise UserError(f"output format '{output_format}' is not one of {list(OUTPUT_FORMATS)}")
-    family = with_infer_overrides(family, tta=tta, mag=mag, batch_size=batch_size, bn_adapt=bn_adapt)
+    family = with_infer_overrides(family, tta=tta, mag=mag, batch_size=batch_size, bn_adapt=bn_adapt, amp=amp)
     infer_cfg = family.cfg["infer"]
     spec = TileSpec.from_config(infer_cfg)
     check_adapt_weight(infer_cfg.get("bn_adapt") or 0.0)
-    predict = family_predictor(family, net, torch.device(device))
+    amp_dtype = inference_precision(family, net, torch.device(device))
+    predict = family_predictor(family, net, torch.device(device), amp_dtype)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = RunReport()
@@ -405,7 +422,7 @@ def run_folder(
             target = output_dir / (H5_NAME if output_format == "h5" else f"{path.stem}.npz")
             image = family.preprocess_image(image)
             try:
-                with adapted_to_image(family, net, image, spec, device, infer_cfg["batch_size"]):
+                with adapted_to_image(family, net, image, spec, device, infer_cfg["batch_size"], amp_dtype):
                     if output_format == "h5":
                         _infer_h5(predict, image, spec, infer_cfg["batch_size"], h5file, path.stem, meta)
                     else:

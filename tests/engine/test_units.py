@@ -12,6 +12,7 @@ from torch import nn
 from misc import checkpoint as ckpt
 from misc import engine
 from misc.errors import UserError
+from misc.precision import cpu_bf16_supported
 from models import load_model, load_plugins, register_family
 from tests.engine.helpers import PLUGIN
 
@@ -167,11 +168,11 @@ def test_load_model_refuses_a_file_that_is_no_checkpoint(tmp_path):
 def test_cpu_autocast_is_bf16_only_with_amp_cpu() -> None:
     cpu = torch.device("cpu")
     assert engine.training_amp_dtype({"amp": True}, cpu) is None
-    expected = torch.bfloat16 if engine.cpu_bf16_supported() else None
+    expected = torch.bfloat16 if cpu_bf16_supported() else None
     assert engine.training_amp_dtype({"amp": True, "amp_cpu": True}, cpu) == expected
 
 
-@pytest.mark.skipif(not engine.cpu_bf16_supported(), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
+@pytest.mark.skipif(not cpu_bf16_supported(), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
 def test_hovernet_trains_under_cpu_bf16_autocast(tmp_path) -> None:
     result = engine.run(engine.RunRequest(
         model="hovernet", profile="demo", out=str(tmp_path / "run"), device="cpu", quiet=True,

@@ -15,6 +15,7 @@ import infer
 from misc.errors import UserError
 from misc.inference import H5_NAME, find_raw, infer_image, run_folder
 from misc.io import write_image
+from misc.precision import cpu_bf16_supported
 from tests.infer.toy_family import expected_np_prob, nuclei_image, toy_family
 
 
@@ -116,6 +117,29 @@ def test_h5_output_holds_the_same_maps(tmp_path: Path) -> None:
         np.testing.assert_array_equal(raw.image, from_h5[name].image)
         for key, values in raw.maps.items():
             np.testing.assert_array_equal(values, from_h5[name].maps[key])
+
+
+@pytest.mark.skipif(not cpu_bf16_supported(), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
+def test_amp_runs_the_network_in_bf16_and_nhwc(tmp_path: Path) -> None:
+    family, net = toy_family(channels_last=True)
+    run_folder(family, net, image_folder(tmp_path), tmp_path / "out", "cpu", amp=True, show_progress=False)
+    assert net.weight.is_contiguous(memory_format=torch.channels_last)
+    with np.load(tmp_path / "out" / "a.npz", allow_pickle=False) as data:
+        error = np.abs(data["np_prob"] - expected_np_prob(data["image"]))
+        assert 0 < error.max() < 1e-2  # bf16 rounding: not float32, still the same map
+        assert json.loads(str(data["config"]))["infer"]["amp"] is True
+
+
+def test_cli_amp_flag_overrides_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import misc.checkpoint
+
+    monkeypatch.setattr(misc.checkpoint, "load_checkpoint", lambda path, device: (*toy_family(amp=True), {}))
+    argv = ["--model-path", "x.pt", "--input", str(image_folder(tmp_path)), "--output", str(tmp_path / "out"),
+            "--device", "cpu", "--quiet", "--no-amp"]
+    assert infer.main(argv) == 0
+    with np.load(tmp_path / "out" / "a.npz", allow_pickle=False) as data:
+        np.testing.assert_allclose(data["np_prob"], expected_np_prob(data["image"]), atol=1e-6)
+        assert json.loads(str(data["config"]))["infer"]["amp"] is False
 
 
 def test_cli_exit_code_1_when_an_image_is_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
