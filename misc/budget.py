@@ -12,8 +12,10 @@ data, what the run spends its time on:
   ``infer.bn_adapt`` is on (scoring the validation images after training).
 
 :func:`plan_epochs` then picks the most epochs (at most the profile's) whose training and
-scoring, with a safety margin, fit the budget. ``python -m misc.budget`` prints that number for
-a recipe.
+scoring, with a safety margin, fit the budget, and ``python -m misc.budget`` prints that number.
+With ``--seconds`` it prints :func:`training_seconds` instead: the budget left once the scoring
+is set aside, for ``train.time_budget_s``, with which the engine plans the epochs from whole
+epochs measured while training (what the MoNuSeg recipes do).
 
 The margin (:data:`SAFETY_MARGIN`) is there because a short timing is a sample of a host whose
 speed drifts: three timings of the same step on one 2-core Xeon gave 0.44, 0.60 and 0.77 s
@@ -75,6 +77,12 @@ def plan_epochs(
         raise UserError(f"plan_epochs: samples, batch size and epochs must be >= 1, got {samples}, {batch_size}, {max_epochs}")
     left = budget_s / margin - windows * times.window_s
     return max(1, min(max_epochs, math.floor(left / times.epoch_seconds(samples, batch_size))))
+
+
+def training_seconds(budget_s: float, windows: int, window_s: float, margin: float = SAFETY_MARGIN) -> float:
+    """Seconds of ``budget_s`` left for training once the inference of ``windows`` windows, each
+    taking ``margin`` times the measured ``window_s``, is set aside (at least 1)."""
+    return max(1.0, budget_s - margin * windows * window_s)
 
 
 def _median_seconds(work: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
@@ -197,6 +205,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="seconds left, from this command's start, for the timing, training and scoring")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, as train.py --set (repeatable)")
+    parser.add_argument("--seconds", action="store_true",
+                        help="print the seconds left for training (for train.time_budget_s, which plans the epochs "
+                             "while training) instead of epochs; only the inference is timed")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
     return parser.parse_args(argv)
@@ -204,7 +215,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    """Time this host, print the planned epochs on stdout and the reasoning on stderr.
+    """Time this host, print the planned epochs (or, with ``--seconds``, the training seconds)
+    on stdout and the reasoning on stderr.
 
     The timing itself (a few warm-up and timed steps, about 10-60 s) counts against ``--budget-s``.
     """
@@ -228,10 +240,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     family = get_family(args.model)(cfg)
     samples = read_source(args.data)
     family.norm_stats = family.fit_norm_stats(ImageView(samples))
-    with tempfile.TemporaryDirectory() as cache_dir:
-        times = measure(family, build_train_dataset(family, samples, cfg, Path(cache_dir)), device)
     shapes = [read_image(path).shape[:2] for path in list_images(args.score_images)] if args.score_images else []
     windows = score_windows(family, shapes)
+    if args.seconds:
+        window_s = time_inference(family, device)
+        budget_s = args.budget_s - (time.monotonic() - started)
+        seconds = training_seconds(budget_s, windows, window_s)
+        log.info("budget on %s: scoring %d windows x %.3f s = %.0f s; %.0f s left, %.0f s for training after "
+                 "setting the scoring aside %.2fx", device, windows, window_s, windows * window_s, budget_s, seconds,
+                 SAFETY_MARGIN)
+        print(int(seconds))
+        return 0
+    with tempfile.TemporaryDirectory() as cache_dir:
+        times = measure(family, build_train_dataset(family, samples, cfg, Path(cache_dir)), device)
     batch_size, max_epochs = int(phases[0]["batch_size"]), int(phases[0]["epochs"])
     budget_s = args.budget_s - (time.monotonic() - started)  # this planning is part of the budget
     epochs = plan_epochs(times, len(samples), batch_size, max_epochs, budget_s, windows)

@@ -27,7 +27,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -301,16 +301,18 @@ def schedule_factor(spec: dict | None, epoch: int, epochs: int) -> float:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, phase: dict, steps_per_epoch: int, warmup_steps: int
+    optimizer: torch.optim.Optimizer, phase: dict, steps_per_epoch: int, warmup_steps: int,
+    horizon: Callable[[], int] | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-optimiser-step learning rate: linear warm-up over the phase's first
-    ``warmup_steps`` steps times the phase schedule of the current epoch."""
+    ``warmup_steps`` steps times the phase schedule of the current epoch, over the phase's
+    ``epochs`` or, when given, the epochs ``horizon()`` returns at each step (a time-budgeted run)."""
     schedule = phase.get("schedule")
-    epochs = int(phase["epochs"])
-    schedule_factor(schedule, 0, epochs)  # reject an unknown schedule before training starts
+    schedule_factor(schedule, 0, int(phase["epochs"]))  # reject an unknown schedule before training starts
 
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        epochs = horizon() if horizon is not None else int(phase["epochs"])
         return warm * schedule_factor(schedule, step // steps_per_epoch, epochs)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -484,6 +486,21 @@ class Loop:
     epoch: int = 0
     step: int = 0
     best_metric: float | None = None
+    planned_epochs: int | None = None  # epochs of a time-budgeted run (train.time_budget_s), else None
+    seconds: float = 0.0  # wall seconds of the finished epochs, over resumes
+
+
+def run_epochs(phases: list[dict], loop: Loop) -> int:
+    """Epochs the run trains: the planned ones of a time-budgeted run, else all the phases'."""
+    return loop.planned_epochs if loop.planned_epochs is not None else sum(int(phase["epochs"]) for phase in phases)
+
+
+def budgeted_epochs(budget_s: float, spent_s: float, epoch_s: float, done: int, most: int) -> int:
+    """Epochs of a time-budgeted run after ``done`` of them: ``done`` plus as many more epochs of
+    ``epoch_s`` seconds as fit in the ``budget_s - spent_s`` seconds left, at most ``most`` (the
+    phase's configured epochs) and at least 1."""
+    more = max(0, math.floor((budget_s - spent_s) / max(epoch_s, 1e-9)))
+    return max(1, min(most, done + more))
 
 
 def phase_of(phases: list[dict], epoch: int) -> int:
@@ -546,7 +563,6 @@ class StepOptions:
     log_every: int
     amp_dtype: torch.dtype | None
     channels_last: bool
-    total_epochs: int
 
 
 @dataclass
@@ -585,9 +601,10 @@ def phase_loss_weights(phase: dict) -> dict[str, float]:
     return {key: float(value) for key, value in (phase.get("loss_weights") or {}).items()}
 
 
-def _start_phase(setup: Setup, index: int, options: StepOptions, resume: dict | None) -> PhaseState:
+def _start_phase(setup: Setup, index: int, options: StepOptions, resume: dict | None, loop: Loop) -> PhaseState:
     """Freeze, build loader, optimiser, scheduler and scaler of phase ``index``; restore their
-    states from ``resume`` when it was saved inside this phase."""
+    states from ``resume`` when it was saved inside this phase. The schedule of a time-budgeted
+    run spans ``loop.planned_epochs``."""
     cfg, info, device = setup.cfg, setup.info, setup.device
     phase = cfg["train"]["phases"][index]
     name = str(phase.get("name", f"phase{index}"))
@@ -596,7 +613,8 @@ def _start_phase(setup: Setup, index: int, options: StepOptions, resume: dict | 
     loader = build_loader(setup.train_set, int(phase["batch_size"]), info, seed, int(cfg["data"].get("num_workers", 0)), device)
     optimizer = build_optimizer(groups, phase.get("optimizer") or {}, name)
     steps_per_epoch = max(1, math.ceil(len(loader) / options.accumulate))
-    scheduler = build_scheduler(optimizer, phase, steps_per_epoch, int(cfg["train"].get("warmup_steps", 0)))
+    horizon = (lambda: int(loop.planned_epochs)) if loop.planned_epochs is not None else None
+    scheduler = build_scheduler(optimizer, phase, steps_per_epoch, int(cfg["train"].get("warmup_steps", 0)), horizon)
     scaler = torch.amp.GradScaler(device.type) if options.amp_dtype == torch.float16 else None
     if resume is not None and int(resume["phase"]) == index:
         optimizer.load_state_dict(resume["optimizer"])
@@ -631,6 +649,8 @@ def _checkpoint(setup: Setup, loop: Loop, state: PhaseState) -> dict:
         "family": setup.cfg["family"],
         "norm_stats": setup.family.norm_stats,
         "best_metric": loop.best_metric,
+        "planned_epochs": loop.planned_epochs,
+        "train_seconds": loop.seconds,
     }
 
 
@@ -658,7 +678,7 @@ class Recorder:
         shown = " ".join(f"{key} {value:.4f}" for key, value in scores.items())
         log.info(
             "epoch %d/%d done: loss %.4f %s(%.1fs + %.1fs)%s", loop.epoch,
-            sum(int(p["epochs"]) for p in self.setup.cfg["train"]["phases"]), train_scores["loss"],
+            run_epochs(self.setup.cfg["train"]["phases"], loop), train_scores["loss"],
             f"val {shown} " if shown else "", seconds[0], seconds[1], " *best*" if improved else "",
         )
         checkpoint = _checkpoint(self.setup, loop, state)
@@ -668,8 +688,49 @@ class Recorder:
             ckpt.save_checkpoint(folder / "best.pt", checkpoint)
 
 
+def time_budget(train_cfg: dict) -> float | None:
+    """``train.time_budget_s``: wall seconds the run may train (None: train every configured
+    epoch). Only single-phase runs take one.
+
+    Raises:
+        UserError: a budget that is not a positive number, or one for several phases.
+    """
+    budget = train_cfg.get("time_budget_s")
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
+        raise UserError(f"train.time_budget_s must be a positive number of seconds, got {budget!r}")
+    if len(train_cfg["phases"]) != 1:
+        raise UserError(f"train.time_budget_s plans the epochs of a single-phase run; this one has {len(train_cfg['phases'])} phases")
+    return float(budget)
+
+
+def _plan_within_budget(setup: Setup, loop: Loop, budget_s: float, spent_s: float, epoch_s: float) -> None:
+    """Set ``loop.planned_epochs`` to what fits in the budget (times averaged over processes, so
+    every process plans the same) and log a change."""
+    spent_s, epoch_s = mean_across(torch.tensor([spent_s, epoch_s], dtype=torch.float64, device=setup.device), setup.info).tolist()
+    most = int(setup.cfg["train"]["phases"][0]["epochs"])
+    planned = budgeted_epochs(budget_s, spent_s, epoch_s, loop.epoch, most)
+    if planned != loop.planned_epochs and setup.info.is_main:
+        log.info("train.time_budget_s: %d of at most %d epochs fit (%.0f s per epoch, %.0f s of %.0f s spent)",
+                 planned, most, epoch_s, spent_s, budget_s)
+    loop.planned_epochs = planned
+
+
+def _refresh_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Recompute the current learning rates after the schedule's horizon changed."""
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+
+
 def train(setup: Setup, resume: dict | None = None) -> TrainResult:
     """Run (or continue) the configured phases.
+
+    With ``train.time_budget_s`` (single-phase runs) the epochs are planned from the measured
+    epoch times: the first epoch runs with the configured epochs as the schedule's horizon, and
+    after each epoch the run keeps as many more epochs, at the mean wall time of this process's
+    epochs so far, as fit in what is left of the budget, never more than configured. A resumed
+    run continues the plan and the seconds spent that its checkpoint records.
 
     Args:
         setup: the built family, network (on its device), datasets and run directory.
@@ -682,7 +743,7 @@ def train(setup: Setup, resume: dict | None = None) -> TrainResult:
     cfg, info, net = setup.cfg, setup.info, setup.net
     train_cfg = cfg["train"]
     phases = train_cfg["phases"]
-    total_epochs = sum(int(phase["epochs"]) for phase in phases)
+    budget_s = time_budget(train_cfg)
     amp_dtype = training_amp_dtype(train_cfg, setup.device)
     options = StepOptions(
         accumulate=max(1, int(train_cfg.get("accumulate", 1))),
@@ -690,7 +751,6 @@ def train(setup: Setup, resume: dict | None = None) -> TrainResult:
         log_every=max(1, int(train_cfg.get("log_every", 10))),
         amp_dtype=amp_dtype,
         channels_last=training_channels_last(net, train_cfg, setup.device, amp_dtype),
-        total_epochs=total_epochs,
     )
     if options.channels_last:
         net.to(memory_format=torch.channels_last)
@@ -700,33 +760,45 @@ def train(setup: Setup, resume: dict | None = None) -> TrainResult:
     loop = Loop()
     if resume is not None:
         ckpt.load_state(net, resume["model"], "--resume checkpoint")
-        loop = Loop(epoch=int(resume["epoch"]), step=int(resume["step"]), best_metric=resume.get("best_metric"))
+        loop = Loop(epoch=int(resume["epoch"]), step=int(resume["step"]), best_metric=resume.get("best_metric"),
+                    seconds=float(resume.get("train_seconds") or 0.0))
+    if budget_s is not None:
+        most = int(phases[0]["epochs"])
+        planned = resume.get("planned_epochs") if resume is not None else None
+        loop.planned_epochs = min(most, max(loop.epoch, 1, int(planned or most)))
     recorder = None
     if info.is_main:
         writer = _tensorboard(setup.run_dir, loop.step if resume is not None else None)
         recorder = Recorder(setup, MetricsTable(setup.run_dir / "metrics.csv", loop.epoch), writer)
-    if loop.epoch >= total_epochs:
-        log.info("nothing to do: the checkpoint already completed all %d epochs", total_epochs)
+    if loop.epoch >= run_epochs(phases, loop):
+        log.info("nothing to do: the checkpoint already completed all %d epochs", run_epochs(phases, loop))
 
     scores: dict[str, float] = {}
-    while loop.epoch < total_epochs:
-        state = _start_phase(setup, phase_of(phases, loop.epoch), options, resume)
+    epoch_seconds: list[float] = []
+    while loop.epoch < run_epochs(phases, loop):
+        state = _start_phase(setup, phase_of(phases, loop.epoch), options, resume, loop)
         if resume is not None:
             ckpt.set_rng_state(resume["rng"])  # last: nothing above may draw from the restored generators
             resume = None
-        phase_end = phase_start(phases, state.index) + int(state.config["epochs"])
-        while loop.epoch < phase_end:
+        while loop.epoch < min(run_epochs(phases, loop), phase_start(phases, state.index) + int(state.config["epochs"])):
             started = time.time()
             train_scores = _train_epoch(setup, state, loop, options, recorder.writer if recorder else None)
             loop.epoch += 1
             validated = time.time()
+            if budget_s is not None:
+                spent = validated - started
+                _plan_within_budget(setup, loop, budget_s, loop.seconds + spent, (sum(epoch_seconds) + spent) / (len(epoch_seconds) + 1))
+                _refresh_lr(state.scheduler)
             scores, overlays, improved = {}, [], False
-            if recorder and len(setup.val_samples) and (loop.epoch % val_every == 0 or loop.epoch == total_epochs):
+            last = loop.epoch == run_epochs(phases, loop)
+            if recorder and len(setup.val_samples) and (loop.epoch % val_every == 0 or last):
                 scores, overlays = validate(setup.family, net, setup.val_samples, cfg, setup.device, options.amp_dtype)
                 if select not in scores:
                     raise UserError(f"train.select_metric '{select}' is not a validation score (have {sorted(scores)})")
                 improved = math.isfinite(scores[select]) and (loop.best_metric is None or scores[select] > loop.best_metric)
                 loop.best_metric = scores[select] if improved else loop.best_metric
+            epoch_seconds.append(time.time() - started)
+            loop.seconds += epoch_seconds[-1]
             if recorder:
                 seconds = (validated - started, time.time() - validated)
                 recorder.end_epoch(loop, state, train_scores, scores, overlays, improved, seconds)
@@ -778,7 +850,8 @@ def _train_epoch(setup: Setup, state: PhaseState, loop: Loop, options: StepOptio
     lr = optimizer.param_groups[0]["lr"]
     optimizer.zero_grad(set_to_none=True)
     accumulate = options.accumulate
-    bar = _progress(loader, n_batches, f"epoch {loop.epoch + 1}/{options.total_epochs}", info.is_main and not setup.quiet)
+    total = run_epochs(setup.cfg["train"]["phases"], loop)
+    bar = _progress(loader, n_batches, f"epoch {loop.epoch + 1}/{total}", info.is_main and not setup.quiet)
     for index, batch in enumerate(bar):
         batch = batch_to_device(batch, device, options.channels_last)
         last_micro = (index + 1) % accumulate == 0 or index + 1 == n_batches

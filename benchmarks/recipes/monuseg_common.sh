@@ -7,24 +7,24 @@ SPLIT=${SPLIT:-benchmarks/recipes/monuseg_split.json}
 TRAIN_PART=${TRAIN_PART:-train}
 VALID_PART=${VALID_PART:-valid}
 
-# budget_epochs FAMILY PATCHES DATA START [TRAIN_OPTION...]: the most epochs of the cpu profile
-# (at most its own) that fit the recipe's budget of $BUDGET_MINUTES (default 30) minutes since
-# START (unix seconds) on this host, scoring the $VALID_PART tiles of DATA included:
-# `python -m misc.budget` times a training step and the loader on PATCHES and one inference
-# window with the profile's TTA (its reasoning goes to stderr). Of the train.py options only the
-# --set ones apply.
-budget_epochs() {
+# budget_seconds FAMILY PATCHES DATA START [TRAIN_OPTION...]: the seconds left for training
+# in the recipe's budget of $BUDGET_MINUTES (default 30) minutes since START (unix seconds) on
+# this host, once the scoring of the $VALID_PART tiles of DATA is set aside: `python -m
+# misc.budget --seconds` times one inference window with the profile's TTA (its reasoning goes
+# to stderr). train.py gets them as train.time_budget_s and plans its epochs from the measured
+# epoch times. Of the train.py options only the --set ones apply.
+budget_seconds() {
     local family=$1 patches=$2 data=$3 start=$4 sets=() images
     shift 4
     mapfile -t sets < <(set_options "$@")
     images=$(mktemp -d)
     link_valid_images "$data" "$images"
-    python -m misc.budget --model "$family" --profile cpu --data "$patches" --score-images "$images" \
+    python -m misc.budget --model "$family" --profile cpu --data "$patches" --score-images "$images" --seconds \
         --budget-s "$(( ${BUDGET_MINUTES:-30} * 60 - ($(date +%s) - start) - SCORING_MARGIN_S ))" \
         --num-threads "${OMP_NUM_THREADS:-2}" "${sets[@]}"
     rm -rf "$images"
 }
-SCORING_MARGIN_S=60   # process.py + scoring of the validation tiles, and start-up, outside the planner's estimate
+SCORING_MARGIN_S=60   # process.py + scoring of the validation tiles, and start-ups, outside the planner's estimate
 
 # set_options [TRAIN_OPTION...]: the "--set KEY=VALUE" pairs among train.py options, one word per line.
 set_options() {
@@ -35,12 +35,12 @@ set_options() {
     return 0
 }
 
-# recorded_epochs RUN_DIR: the epochs of the run's only phase, from its run.yaml.
-recorded_epochs() {
+# recorded_budget RUN_DIR: the run's train.time_budget_s, from its run.yaml.
+recorded_budget() {
     python - "$1/run.yaml" <<'PY'
 import sys
 import yaml
-print(yaml.safe_load(open(sys.argv[1]))["config"]["train"]["phases"][0]["epochs"])
+print(yaml.safe_load(open(sys.argv[1]))["config"]["train"]["time_budget_s"])
 PY
 }
 
@@ -91,29 +91,30 @@ PY
 # run_recipe FAMILY WIN STEP DATA OUT [EPOCHS [EXTRACT_OPTION...]]: cut the split's training
 # tiles into WIN windows (STEP apart; extra extract_patches.py options after EPOCHS, which may
 # be empty), train FAMILY's cpu profile on them without validation for EPOCHS epochs (default:
-# budget_epochs), then score_valid. Run again on the same OUT, it resumes: extracted tiles,
-# finished epochs (of the epochs planned at the start) and inferred tiles are kept.
+# as many of the profile's as fit budget_seconds), then score_valid. Run again on the same OUT,
+# it resumes: extracted tiles, finished epochs (with the training budget and plan of the first
+# start) and inferred tiles are kept.
 run_recipe() {
     local family=$1 win=$2 step=$3 data=$4 out=$5 epochs=${6:-}
     shift $(($# < 6 ? $# : 6))
     export OMP_NUM_THREADS="${THREADS:-2}"
     mkdir -p "$out"
-    local start trained resume=() extra=()
+    local start trained resume=() extra=() plan=()
     mapfile -t extra < <(train_options)
     [[ -f "$out/run/checkpoints/latest.pt" ]] && resume=(--resume)   # an interrupted run continues
     start=$(date +%s)
     python extract_patches.py monuseg "$data" "$out/patches" --win "$win" --step "$step" --mode valid \
         --split "$SPLIT:$TRAIN_PART" --format h5 --no-progress "$@"
-    if [[ -z "$epochs" ]]; then
-        if ((${#resume[@]})); then
-            epochs=$(recorded_epochs "$out/run")
-        else
-            epochs=$(budget_epochs "$family" "$out/patches/$TRAIN_PART.h5" "$data" "$start" "${extra[@]}")
-        fi
+    if [[ -n "$epochs" ]]; then
+        plan=(--set "train.phases.0.epochs=$epochs")
+    elif ((${#resume[@]})); then
+        plan=(--set "train.time_budget_s=$(recorded_budget "$out/run")")
+    else
+        plan=(--set "train.time_budget_s=$(budget_seconds "$family" "$out/patches/$TRAIN_PART.h5" "$data" "$start" "${extra[@]}")")
     fi
     python train.py --model "$family" --profile cpu --data "$out/patches/$TRAIN_PART.h5" --out "$out/run" \
         --num-threads "$OMP_NUM_THREADS" --quiet --set data.val_fraction=0.0 --set train.val_every=1000 \
-        --set "train.phases.0.epochs=$epochs" "${extra[@]}" "${resume[@]}"
+        "${plan[@]}" "${extra[@]}" "${resume[@]}"
     trained=$(date +%s)
     score_valid "monuseg_${family}_cpu" "$out/run/checkpoints/latest.pt" "$data" "$out" "$start" "$trained"
 }

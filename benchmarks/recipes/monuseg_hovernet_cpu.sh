@@ -10,9 +10,9 @@
 #    units [1,1,1,1], encoder and decoders at quarter width, Reinhard colour normalisation to
 #    the training patches' mean CIELAB statistics, bf16 autocast, batch 2, Adam 2e-3 with
 #    cosine decay) for EPOCHS epochs with no validation (default: the profile's 20, or as many as
-#    fit the 30 minutes on this host, timed by `python -m misc.budget`; BUDGET_MINUTES=N changes
-#    the budget);
-# 4. infer.py (the profile's 8-fold TTA) on the 3 validation tiles (1000x1000) and process.py
+#    fit the 30 minutes on this host: train.time_budget_s, the time left once the scoring timed by
+#    `python -m misc.budget --seconds` is set aside; BUDGET_MINUTES=N changes the budget);
+# 4. infer.py (the profile's 8-fold TTA, bf16) on the 3 validation tiles (1000x1000) and process.py
 #    (post-processing constants tuned on these tiles) scoring them against their annotations;
 #    the last line is one JSON object of scores.
 # DATA_DIR defaults to $HISTOSEG_DATA/monuseg or ../shared/data/monuseg beside the checkout.

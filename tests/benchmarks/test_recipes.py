@@ -90,9 +90,9 @@ def test_budget_planning_takes_only_the_set_options() -> None:
     assert _common("set_options", *options) == ["--set", "train.seed=11", "--set", "model.reinhard=null"]
 
 
-def test_a_resumed_recipe_keeps_its_recorded_epochs(tmp_path: Path) -> None:
+def test_a_resumed_recipe_keeps_its_recorded_training_budget(tmp_path: Path) -> None:
     from config import load_config, write_run_record
 
-    cfg = load_config("hovernet", "cpu", overrides=["train.phases.0.epochs=7"])
+    cfg = load_config("hovernet", "cpu", overrides=["train.time_budget_s=1234"])
     write_run_record(tmp_path, cfg, argv=[])
-    assert _common("recorded_epochs", str(tmp_path)) == ["7"]
+    assert _common("recorded_budget", str(tmp_path)) == ["1234"]

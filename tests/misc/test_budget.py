@@ -14,6 +14,7 @@ from loader.extract import ExtractOptions, extract_samples
 from misc import budget
 from misc.budget import HostTimes, plan_epochs, score_windows
 from misc.errors import UserError
+from misc.io import write_image
 from misc.synthetic import generate_tile
 from misc.tiling import ArraySink, TileSpec, predict_tiled
 from models import get_family
@@ -122,3 +123,23 @@ def test_cli_refuses_a_profile_of_several_phases(capsys, demo_patches: Path) -> 
     with pytest.raises(SystemExit) as exit_info:
         budget.main(["--model", "hovernet", "--profile", "paper", "--data", str(demo_patches), "--budget-s", "60"])
     assert exit_info.value.code == 2 and "2 phases" in capsys.readouterr().err
+
+
+def test_training_seconds_set_the_scoring_aside_with_the_margin() -> None:
+    assert budget.training_seconds(1000.0, windows=10, window_s=2.0, margin=1.25) == pytest.approx(975.0)
+
+
+def test_training_seconds_are_at_least_one() -> None:
+    assert budget.training_seconds(10.0, windows=10, window_s=2.0) == 1.0
+
+
+def test_cli_seconds_time_only_the_inference(capsys, demo_patches: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    write_image(tmp_path / "images" / "tile.png", generate_tile(9, (300, 400))[0])
+    monkeypatch.setattr(budget, "time_inference", lambda family, device: 2.0)
+    monkeypatch.setattr(budget, "time_training", lambda *args: pytest.fail("the training step was timed"))
+    budget.main(["--model", "hovernet", "--profile", "demo", "--data", str(demo_patches), "--budget-s", "10000",
+                 "--score-images", str(tmp_path / "images"), "--device", "cpu", "--seconds"])
+    windows = score_windows(get_family("hovernet")(load_config("hovernet", "demo")), [(300, 400)])
+    expected = 10_000 - budget.SAFETY_MARGIN * windows * 2.0
+    assert expected - 30 <= int(capsys.readouterr().out.strip()) <= expected
