@@ -14,6 +14,8 @@ A checkpoint is a plain dict that ``torch.load(path, weights_only=True)`` can re
     family       the family's registry name (str)
     norm_stats   {'mean': [...], 'std': [...]} per channel, or None
     best_metric  best validation score so far (float or None)
+    planned_epochs  epochs a time-budgeted run (train.time_budget_s) plans, or None
+    train_seconds   wall seconds of the completed epochs, over resumes (float)
 """
 
 from __future__ import annotations
