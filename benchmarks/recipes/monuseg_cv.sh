@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cross-validation of a MoNuSeg CPU recipe over all 13 tiles (4 folds, ~20-25 minutes each).
+# Cross-validation of a MoNuSeg CPU recipe over all 13 tiles (4 folds, at most ~30 minutes each).
 #
 #   bash benchmarks/recipes/monuseg_cv.sh FAMILY [DATA_DIR] [OUT_DIR] [FOLD ...]
 #
