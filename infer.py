@@ -40,7 +40,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "(0 = off, 1 = the image's only; default infer.bn_adapt)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="run the network under bf16 autocast (fp16 on GPUs without bf16; on a CPU only with "
-                             "native bf16) and infer.channels_last (default infer.amp of the checkpoint's config)")
+                             "native bf16); default infer.amp of the checkpoint's config (infer.channels_last "
+                             "applies either way)")
     parser.add_argument("--workers", type=int, default=2, help="image-reading threads (default 2)")
     parser.add_argument("--format", choices=OUTPUT_FORMATS, default="npz",
                         help="one .npz per image (default) or one raw.h5 for the folder")

@@ -787,7 +787,8 @@ def train(setup: Setup, resume: dict | None = None) -> TrainResult:
             validated = time.time()
             if budget_s is not None:
                 spent = validated - started
-                _plan_within_budget(setup, loop, budget_s, loop.seconds + spent, (sum(epoch_seconds) + spent) / (len(epoch_seconds) + 1))
+                mean_epoch_s = (sum(epoch_seconds) + spent) / (len(epoch_seconds) + 1)
+                _plan_within_budget(setup, loop, budget_s, loop.seconds + spent, mean_epoch_s)
                 _refresh_lr(state.scheduler)
             scores, overlays, improved = {}, [], False
             last = loop.epoch == run_epochs(phases, loop)
