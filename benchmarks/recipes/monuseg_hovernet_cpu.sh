@@ -7,11 +7,12 @@
 #    10 for training, 3 for validation, grouped by image, seed 0);
 # 2. the training tiles cut into 300x300 windows (step 164, valid mode, HDF5);
 # 3. train.py --profile cpu (same-mode HoVer-Net: fast mode with "same"-padded decoders, encoder
-#    units [1,1,1,1], encoder and decoders at quarter width, Reinhard colour normalisation to
-#    the training patches' mean CIELAB statistics, bf16 autocast, batch 2, Adam 2e-3 with
-#    cosine decay) for EPOCHS epochs with no validation (default: the profile's 20, or as many as
-#    fit the 30 minutes on this host: train.time_budget_s, the time left once the scoring timed by
-#    `python -m misc.budget --seconds` is set aside; BUDGET_MINUTES=N changes the budget);
+#    units [1,1,1,1], encoder and one decoder shared by NP and HV at quarter width, Reinhard
+#    colour normalisation to the training patches' mean CIELAB statistics, bf16 autocast,
+#    batch 2, Adam 2e-3 with cosine decay) for EPOCHS epochs with no validation (default: the
+#    profile's 20, or as many as fit the 30 minutes on this host: train.time_budget_s, the time
+#    left once the scoring timed by `python -m misc.budget --seconds` is set aside;
+#    BUDGET_MINUTES=N changes the budget);
 # 4. infer.py (the profile's 8-fold TTA, bf16) on the 3 validation tiles (1000x1000) and process.py
 #    (post-processing constants tuned on these tiles) scoring them against their annotations;
 #    the last line is one JSON object of scores.

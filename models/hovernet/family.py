@@ -1,7 +1,7 @@
 """The HoVer-Net family: network, targets, loss, prediction (optional dihedral TTA), post-processing.
 
 Configuration (``opt/hovernet.yaml``): ``model`` {mode, nr_types, encoder {units, width},
-decoder {width}, pretrained, zero_init_hv, reinhard, reinhard_anchor}; ``targets``
+decoder {width, shared}, pretrained, zero_init_hv, reinhard, reinhard_anchor}; ``targets``
 {hv_min_area}; ``loss`` {dice_smooth, msge_kernel_size}; ``infer`` {input_size, output_size,
 tta, mag}; ``postproc`` (see :class:`models.hovernet.postproc.PostprocParams`).
 """
@@ -28,15 +28,16 @@ ENCODER_PREFIX = "encoder"
 
 
 def zero_init_hv_head(net: nn.Module) -> None:
-    """Zero the final 1x1 conv of the HV branch so training starts from HV = 0.
+    """Zero the HV branch's rows of its final 1x1 conv so training starts from HV = 0.
 
     The published (Kaiming fan-out) initialisation of the 2-channel head gives HV outputs of
     magnitude ~6 against targets in [-1, 1] (initial ``hv_msge`` ~400), which short CPU runs
     spend many steps undoing.
     """
-    head = net.decoders["hv"].head.conv
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
+    conv, rows = net.branch_head("hv")
+    with torch.no_grad():
+        conv.weight[rows] = 0.0
+        conv.bias[rows] = 0.0
 
 
 class HoVerNetFamily(Family):
@@ -86,6 +87,7 @@ class HoVerNetFamily(Family):
             width=float(encoder.get("width", 1.0)),
             pretrained=model.get("pretrained"),
             decoder_width=float((model.get("decoder") or {}).get("width", 1.0)),
+            shared_decoder=bool((model.get("decoder") or {}).get("shared", False)),
         )
         if model.get("zero_init_hv"):
             zero_init_hv_head(net)

@@ -14,6 +14,9 @@ between the two lives in :mod:`models.hovernet.checkpoint`):
   centre-cropped encoder maps; ``up3`` and ``up2`` are valid k x k conv -> dense block (8 / 4
   units of BN-ReLU-1x1(128)-BN-ReLU-kxk(32, groups 4), valid) -> BN-ReLU -> 1x1 conv; ``up1``
   is a "same" k x k conv; ``head`` is BN-ReLU-1x1 conv with bias.
+- ``decoders.shared`` (option, not published): one decoder for all branches whose head gives
+  the branches' logits stacked (np, hv, tp), split after it; about a third less compute at
+  the CPU widths, where the decoders dominate.
 
 The mode (window sizes, decoder kernel and padding) is fixed once at construction by a
 :class:`Geometry`; nothing else in the network branches on it. Besides the two published
@@ -46,6 +49,7 @@ DENSE_GROUPS = 4
 UP3_CHANNELS, UP3_DENSE_UNITS = 256, 8
 UP2_CHANNELS, UP2_DENSE_UNITS = 128, 4
 UP1_CHANNELS = 64
+SHARED_DECODER = "shared"
 STEM_KSIZE = 7
 ENCODER_DOWNSAMPLING = 8
 BN_EPS = 1e-5
@@ -378,6 +382,8 @@ class HoVerNet(nn.Module):
         pretrained: path of ImageNet pre-activation ResNet-50 weights for the stem and encoder,
             as the official ``ImageNet-ResNet50-Preact_pytorch.tar`` stores them (read
             locally, nothing is downloaded); None = random initialisation.
+        shared_decoder: one decoder (``decoders.shared``) for all branches, its head giving
+            their logits stacked; False = one decoder per branch as published.
 
     ``forward(images)`` takes (N, 3, H, W) float RGB in 0-255 (divided by 255 inside) with
     sides valid for the mode (see :class:`Geometry`) and returns logits
@@ -393,11 +399,13 @@ class HoVerNet(nn.Module):
         width: float = 1.0,
         pretrained: str | Path | None = None,
         decoder_width: float = 1.0,
+        shared_decoder: bool = False,
     ) -> None:
         super().__init__()
         _check_options(nr_types, units, width, decoder_width)
         self.geometry = geometry_for(mode)
         self.nr_types = nr_types
+        self.branch_channels = {"np": 2, "hv": 2, **({"tp": nr_types} if nr_types else {})}
         self.encoder_frozen = False
         stem_ch = scaled_channels(STEM_CHANNELS, width)
         mid_chs = [scaled_channels(ch, width) for ch in ENCODER_MID_CHANNELS]
@@ -412,13 +420,15 @@ class HoVerNet(nn.Module):
             for idx, (in_ch, mid_ch, out_ch, nr_units) in enumerate(zip(in_chs, mid_chs, out_chs, units))
         )
         self.bottleneck = nn.Conv2d(out_chs[3], out_chs[2], 1, bias=False)
-        branch_channels = {"np": 2, "hv": 2, **({"tp": nr_types} if nr_types else {})}
+        decoder_outputs = (
+            {SHARED_DECODER: sum(self.branch_channels.values())} if shared_decoder else self.branch_channels
+        )
         self.decoders = nn.ModuleDict(
             {
                 name: Decoder(
                     out_chs[:3], ch, self.geometry.decoder_ksize, decoder_width, self.geometry.decoder_padding
                 )
-                for name, ch in branch_channels.items()
+                for name, ch in decoder_outputs.items()
             }
         )
         self._init_weights()
@@ -431,6 +441,24 @@ class HoVerNet(nn.Module):
     def mode(self) -> str:
         """``'original'``, ``'fast'`` or ``'same'``."""
         return self.geometry.mode
+
+    @property
+    def shared_decoder(self) -> bool:
+        """True when one decoder serves all branches (``decoders.shared``)."""
+        return SHARED_DECODER in self.decoders
+
+    def branch_head(self, branch: str) -> tuple[nn.Conv2d, slice]:
+        """The 1x1 conv giving ``branch``'s logits and the output channels of it that are that
+        branch's (all of them unless the decoder is shared)."""
+        if not self.shared_decoder:
+            conv = self.decoders[branch].head.conv
+            return conv, slice(0, conv.out_channels)
+        start = 0
+        for name, channels in self.branch_channels.items():
+            if name == branch:
+                return self.decoders[SHARED_DECODER].head.conv, slice(start, start + channels)
+            start += channels
+        raise KeyError(branch)
 
     def _init_weights(self) -> None:
         """Published initialisation: Kaiming-normal (fan-out, ReLU) convs, BN weight 1 and bias 0."""
@@ -451,7 +479,11 @@ class HoVerNet(nn.Module):
             d2 = self.encoder[2](d1)
             d3 = self.encoder[3](d2)
         bottom = self.bottleneck(d3)
-        return {name: decoder(d0, d1, d2, bottom) for name, decoder in self.decoders.items()}
+        logits = {name: decoder(d0, d1, d2, bottom) for name, decoder in self.decoders.items()}
+        if self.shared_decoder:
+            stacked = logits[SHARED_DECODER].split(list(self.branch_channels.values()), dim=1)
+            return dict(zip(self.branch_channels, stacked))
+        return logits
 
     def _check_input(self, images: torch.Tensor) -> None:
         """Raise :class:`UserError` unless ``images`` is (N, 3, H, W) with valid sides."""

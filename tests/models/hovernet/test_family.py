@@ -152,6 +152,24 @@ def test_zero_initialised_hv_head_starts_at_zero_offsets():
     assert not maps["hv"].any()
 
 
+def test_zero_initialised_shared_head_zeroes_only_the_hv_rows():
+    fam = family("model.zero_init_hv=true", "model.decoder.shared=true")
+    maps = fam.predict(fam.build_network().eval(), torch.rand(1, 3, 120, 120) * 255)
+    assert not maps["hv"].any()
+    assert maps["np_prob"].std() > 0
+
+
+def test_decoder_shared_option_builds_one_decoder():
+    assert list(family("model.decoder.shared=true").build_network().decoders) == ["shared"]
+    assert list(family().build_network().decoders) == ["np", "hv"]
+
+
+def test_config_without_the_shared_key_builds_separate_decoders():
+    cfg = load_config("hovernet", "demo", overrides=SMALL)
+    del cfg["model"]["decoder"]["shared"]
+    assert list(HoVerNetFamily(cfg).build_network().decoders) == ["np", "hv"]
+
+
 def test_fitted_reinhard_target_travels_in_the_checkpoint(tmp_path):
     from misc.checkpoint import load_checkpoint
     from misc.engine import RunRequest, run

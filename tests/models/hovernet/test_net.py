@@ -294,6 +294,46 @@ def test_decoder_width_keeps_the_windows():
     }
 
 
+def test_shared_decoder_gives_every_branch_from_one_decoder():
+    net = HoVerNet(nr_types=3, mode="fast", shared_decoder=True, **TINY).eval()
+    with torch.no_grad():
+        out = net(torch.zeros(2, 3, 96, 104))
+    assert list(net.decoders) == ["shared"]
+    assert net.decoders["shared"].head.conv.out_channels == 2 + 2 + 3
+    assert {name: tuple(o.shape) for name, o in out.items()} == {
+        "np": (2, 2, 4, 12), "hv": (2, 2, 4, 12), "tp": (2, 3, 4, 12),
+    }
+
+
+def test_shared_decoder_splits_its_head_in_branch_order():
+    net = HoVerNet(nr_types=3, mode="fast", shared_decoder=True, **TINY).eval()
+    images = torch.rand(1, 3, 96, 96) * 255
+    stacked = []
+    net.decoders["shared"].head.register_forward_hook(lambda _m, _i, output: stacked.append(output))
+    with torch.no_grad():
+        out = net(images)
+    assert torch.equal(torch.cat([out["np"], out["hv"], out["tp"]], dim=1), stacked[0])
+
+
+def test_shared_decoder_has_one_decoder_less_parameters():
+    def count(net: torch.nn.Module) -> int:
+        return sum(p.numel() for p in net.parameters())
+
+    separate = HoVerNet(mode="same", decoder_width=0.25, **TINY)
+    shared = HoVerNet(mode="same", decoder_width=0.25, shared_decoder=True, **TINY)
+    one_decoder = count(separate.decoders["np"])
+    head_rows = separate.decoders["np"].head.conv.in_channels + 1
+    assert count(shared) == count(separate) - one_decoder + 2 * head_rows
+
+
+@pytest.mark.parametrize("shared, rows", [(False, slice(0, 2)), (True, slice(2, 4))])
+def test_branch_head_names_the_hv_rows(shared, rows):
+    net = HoVerNet(nr_types=3, mode="fast", shared_decoder=shared, **TINY)
+    conv, hv_rows = net.branch_head("hv")
+    assert hv_rows == rows
+    assert conv is (net.decoders["shared"] if shared else net.decoders["hv"]).head.conv
+
+
 def test_wrong_image_shape_is_a_user_error():
     net = HoVerNet(mode="fast", **TINY)
     with pytest.raises(UserError, match=r"\(N, 3, H, W\)"):
