@@ -6,7 +6,8 @@ Prints one JSON line per measurement:
   window gathering, ``family.predict``, stitching) for HoVer-Net ``original`` and ``fast`` at
   published size (random weights) and for the ``cpu`` profile of ``opt/hovernet.yaml``, in
   ``infer.py``'s precision and memory format (``infer.amp``, ``infer.channels_last``: bf16 NHWC
-  in the ``cpu`` profile, float32 NCHW in ``cpu-float32``);
+  in the ``cpu`` profile, float32 NCHW in ``cpu-float32``; one decoder per branch instead of the
+  profile's shared decoder in ``cpu-separate``);
 - ``process``: seconds per 1000x1000 image for ``process.py``'s work on one raw file (HoVer-Net
   post-processing of ~600 nuclei and writing .mat, .json, .geojson and the overlay .png).
 
@@ -42,6 +43,7 @@ SETTINGS = (
     ("fast", "paper", ["model.mode=fast", "infer.input_size=256", "infer.output_size=164"]),
     ("cpu", "cpu", []),
     ("cpu-float32", "cpu", ["infer.amp=false", "infer.channels_last=false"]),
+    ("cpu-separate", "cpu", ["model.decoder.shared=false"]),
 )
 
 
