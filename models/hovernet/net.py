@@ -318,7 +318,7 @@ class Head(nn.Module):
 
 
 class Decoder(nn.Module):
-    """One branch's decoder: three upsample-and-sum stages and a head.
+    """One branch's decoder (or all branches', shared): three upsample-and-sum stages and a head.
 
     Args:
         skip_channels: channels of the encoder maps (d0, d1, d2); the bottleneck output has
