@@ -80,14 +80,15 @@ class HoVerNetFamily(Family):
         model = self.cfg["model"]
         self._check_windows()
         encoder = model.get("encoder") or {}
+        decoder = model.get("decoder") or {}
         net = HoVerNet(
             nr_types=self.nr_types,
             mode=str(model["mode"]),
             units=tuple(int(n) for n in encoder.get("units", (3, 4, 6, 3))),
             width=float(encoder.get("width", 1.0)),
             pretrained=model.get("pretrained"),
-            decoder_width=float((model.get("decoder") or {}).get("width", 1.0)),
-            shared_decoder=bool((model.get("decoder") or {}).get("shared", False)),
+            decoder_width=float(decoder.get("width", 1.0)),
+            shared_decoder=bool(decoder.get("shared", False)),
         )
         if model.get("zero_init_hv"):
             zero_init_hv_head(net)
