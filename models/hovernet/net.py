@@ -31,6 +31,7 @@ import copy
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 import torch
@@ -453,12 +454,9 @@ class HoVerNet(nn.Module):
         if not self.shared_decoder:
             conv = self.decoders[branch].head.conv
             return conv, slice(0, conv.out_channels)
-        start = 0
-        for name, channels in self.branch_channels.items():
-            if name == branch:
-                return self.decoders[SHARED_DECODER].head.conv, slice(start, start + channels)
-            start += channels
-        raise KeyError(branch)
+        starts = dict(zip(self.branch_channels, accumulate(self.branch_channels.values(), initial=0)))
+        start = starts[branch]
+        return self.decoders[SHARED_DECODER].head.conv, slice(start, start + self.branch_channels[branch])
 
     def _init_weights(self) -> None:
         """Published initialisation: Kaiming-normal (fan-out, ReLU) convs, BN weight 1 and bias 0."""
