@@ -16,9 +16,10 @@ import sys
 from typing import Sequence
 
 from config import add_logging_arguments, setup_logging
-from misc.distributed import resolve_device
+from engine.distributed import resolve_device
 from misc.errors import UserError, cli_main
-from misc.inference import OUTPUT_FORMATS, run_folder
+from inference.folder import run_folder
+from inference.rawfile import OUTPUT_FORMATS
 
 log = logging.getLogger("infer")
 
@@ -57,7 +58,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     """Run inference over the input folder; returns the exit code."""
-    from misc.checkpoint import load_checkpoint
+    from engine.checkpoint import load_checkpoint
 
     args = parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)

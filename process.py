@@ -18,7 +18,7 @@ from typing import Sequence
 
 from config import add_logging_arguments, setup_logging
 from misc.errors import UserError, cli_main
-from misc.inference import process_folder
+from inference.processing import process_folder
 from postproc.formats import DEFAULT_FORMATS, FORMATS, load_type_info
 
 log = logging.getLogger("process")

@@ -6,7 +6,7 @@
     python train.py --model fullnet --data monuseg:/data/monuseg --anchor /data/anchor.tif
     torchrun --nproc_per_node 2 train.py --model hovernet --data consep_mat:/data/consep
 
-The loop itself lives in :mod:`misc.engine`; this script only parses arguments.
+The loop itself lives in :mod:`engine` (:mod:`engine.run`, :mod:`engine.loop`); this script only parses arguments.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import argparse
 import json
 
 from config import add_config_arguments, add_logging_arguments
-from misc.distributed import DEVICE_CHOICES
-from misc.engine import RunRequest, run
+from engine.distributed import DEVICE_CHOICES
+from engine.run import RunRequest, run
 from misc.errors import cli_main
 
 

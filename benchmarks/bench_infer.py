@@ -2,7 +2,7 @@
 
 Prints one JSON line per measurement:
 
-- ``infer``: tiles (windows) per second through the whole tiled path (``misc.inference.infer_image``:
+- ``infer``: tiles (windows) per second through the whole tiled path (``inference.predict.infer_image``:
   window gathering, ``family.predict``, stitching) for HoVer-Net ``original`` and ``fast`` at
   published size (random weights) and for the ``cpu`` profile of ``opt/hovernet.yaml``, in
   ``infer.py``'s precision and memory format (``infer.amp``, ``infer.channels_last``: bf16 NHWC
@@ -31,10 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_postproc import synthetic_maps  # noqa: E402
 from config import load_config  # noqa: E402
 from misc.errors import cli_main  # noqa: E402
-from misc.distributed import resolve_device  # noqa: E402
-from misc.inference import RawRef, infer_image, inference_precision, process_raw  # noqa: E402
-from misc.synthetic import generate_tile  # noqa: E402
-from misc.tiling import TileSpec, window_count  # noqa: E402
+from engine.distributed import resolve_device  # noqa: E402
+from inference.predict import infer_image, inference_precision# noqa: E402
+from inference.processing import process_raw# noqa: E402
+from inference.rawfile import RawRef# noqa: E402
+from loader.synthetic import generate_tile  # noqa: E402
+from inference.tiling import TileSpec, window_count  # noqa: E402
 from models import get_family  # noqa: E402
 from postproc.formats import FORMATS  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Time HoVer-Net post-processing on synthetic 1000×1000 maps with ~600 nuclei.
 
-The NP and HV maps are built from a known instance map (``misc.synthetic``) plus noise: NP =
+The NP and HV maps are built from a known instance map (``loader.synthetic``) plus noise: NP =
 blurred foreground mask + Gaussian noise, HV = exact HV targets + Gaussian noise. Prints one
 JSON line: median milliseconds of the watershed stage (``instances_from_np_hv``) and of the
 whole post-processing (with bbox/centroid/contour/type per instance), the nucleus counts and
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metrics import instance_stats  # noqa: E402
 from misc.errors import cli_main  # noqa: E402
-from misc.synthetic import generate_tile  # noqa: E402
+from loader.synthetic import generate_tile  # noqa: E402
 from models.hovernet.postproc import PostprocParams, instances_from_np_hv  # noqa: E402
 from models.hovernet.targets import hv_map  # noqa: E402
 from postproc.instances import instance_info  # noqa: E402

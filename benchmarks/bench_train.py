@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import load_config  # noqa: E402
-from misc.distributed import resolve_device  # noqa: E402
-from misc.engine import RunRequest, run  # noqa: E402
+from engine.distributed import resolve_device  # noqa: E402
+from engine.run import RunRequest, run# noqa: E402
 from misc.errors import UserError, cli_main  # noqa: E402
 
 #: (family, setting name, profile, overrides); ``--all`` adds the published widths (GPU scale).

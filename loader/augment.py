@@ -33,6 +33,7 @@ import yaml
 from scipy import ndimage
 from skimage.color import hed_from_rgb, rgb_from_hed
 
+from loader.colour import lab_statistics, macenko_stains, reinhard_normalise, to_uint8
 from misc.errors import UserError
 
 Sample = dict[str, Any]
@@ -116,11 +117,6 @@ def _with_image(sample: Sample, image: np.ndarray) -> Sample:
     out = dict(sample)
     out["image"] = image
     return out
-
-
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """Round and clip float values to uint8."""
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
 def check_sample(sample: Mapping[str, Any]) -> None:
@@ -387,7 +383,7 @@ def make_gaussian_noise(sigma: Any, per_channel: float) -> OpFn:
         std = _uniform(rng, sigma)
         channels = 3 if rng.random() < per_channel else 1
         noise = rng.normal(0.0, std, size=image.shape[:2] + (channels,))
-        return _with_image(sample, _to_uint8(image + noise))
+        return _with_image(sample, to_uint8(image + noise))
 
     return gaussian_noise
 
@@ -400,7 +396,7 @@ def make_hue(degrees: Any) -> OpFn:
     def hue(sample: Sample, rng: np.random.Generator) -> Sample:
         hsv = cv2.cvtColor(sample["image"].astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)
         hsv[..., 0] = np.mod(hsv[..., 0] + _uniform(rng, degrees), 360.0)
-        return _with_image(sample, _to_uint8(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0))
+        return _with_image(sample, to_uint8(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0))
 
     return hue
 
@@ -413,7 +409,7 @@ def make_saturation(factor: Any) -> OpFn:
         image = sample["image"]
         f = _uniform(rng, factor)
         grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None].astype(np.float32)
-        return _with_image(sample, _to_uint8(image * f + grey * (1.0 - f)))
+        return _with_image(sample, to_uint8(image * f + grey * (1.0 - f)))
 
     return saturation
 
@@ -425,7 +421,7 @@ def make_brightness(shift: Any, factor: Any) -> OpFn:
 
     def brightness(sample: Sample, rng: np.random.Generator) -> Sample:
         f, s = _uniform(rng, factor), _uniform(rng, shift)
-        return _with_image(sample, _to_uint8(sample["image"] * f + s))
+        return _with_image(sample, to_uint8(sample["image"] * f + s))
 
     return brightness
 
@@ -438,7 +434,7 @@ def make_contrast(factor: Any) -> OpFn:
         image = sample["image"]
         f = _uniform(rng, factor)
         mean = image.mean(axis=(0, 1), keepdims=True)
-        return _with_image(sample, _to_uint8(image * f + mean * (1.0 - f)))
+        return _with_image(sample, to_uint8(image * f + mean * (1.0 - f)))
 
     return contrast
 
@@ -458,16 +454,9 @@ def make_hed_jitter(alpha: Any, beta: Any) -> OpFn:
         rgb = np.maximum(sample["image"] / 255.0, 1e-6)
         hed = (np.log(rgb) / log_floor) @ hed_from_rgb
         hed = hed * rng.uniform(alpha[0], alpha[1], size=3) + rng.uniform(beta[0], beta[1], size=3)
-        return _with_image(sample, _to_uint8(np.exp((hed * log_floor) @ rgb_from_hed) * 255.0))
+        return _with_image(sample, to_uint8(np.exp((hed * log_floor) @ rgb_from_hed) * 255.0))
 
     return hed_jitter
-
-
-def lab_statistics(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation of an (H, W, 3) uint8 image in CIELAB
-    (OpenCV float conversion: L in [0, 100], a and b about [-127, 127])."""
-    lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB).reshape(-1, 3)
-    return lab.mean(axis=0), lab.std(axis=0)
 
 
 def _colour_target(op: str, target: Any, anchor: Any, keys: Sequence[str],
@@ -496,41 +485,6 @@ def make_reinhard(target: Any = None, anchor: Any = None) -> OpFn:
     return reinhard
 
 
-def reinhard_normalise(image: np.ndarray, target: Mapping[str, Any]) -> np.ndarray:
-    """Reinhard et al. (2001) colour transfer of an (H, W, 3) uint8 RGB image: its per-channel
-    CIELAB mean and standard deviation (whole-image statistics) become ``target['mean']`` and
-    ``target['std']`` (3 values each, :func:`lab_statistics` units); returns (H, W, 3) uint8."""
-    goal_mean, goal_std = (np.asarray(target[key], dtype=np.float64) for key in ("mean", "std"))
-    lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-    mean, std = lab.reshape(-1, 3).mean(axis=0), lab.reshape(-1, 3).std(axis=0)
-    lab = (lab - mean) / np.maximum(std, 1e-6) * goal_std + goal_mean
-    return _to_uint8(cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB) * 255.0)
-
-
-def macenko_stains(image: np.ndarray, io: float, alpha: float, beta: float) -> tuple[np.ndarray, np.ndarray] | None:
-    """Macenko et al. (2009) stain estimate of an (H, W, 3) uint8 image.
-
-    Returns:
-        ``(stain_matrix (3, 2) columns H then E in optical density, max_conc (2,) 99th
-        percentile concentrations)``, or None when fewer than 100 pixels have OD >= ``beta``.
-    """
-    od = -np.log((image.reshape(-1, 3).astype(np.float64) + 1.0) / io)
-    tissue = od[np.all(od >= beta, axis=1)]
-    if len(tissue) < 100:
-        return None
-    _, vectors = np.linalg.eigh(np.cov(tissue.T))
-    plane = vectors[:, 1:3]
-    projected = tissue @ plane
-    phi = np.arctan2(projected[:, 1], projected[:, 0])
-    lo, hi = np.percentile(phi, alpha), np.percentile(phi, 100 - alpha)
-    v_min = plane @ np.array([np.cos(lo), np.sin(lo)])
-    v_max = plane @ np.array([np.cos(hi), np.sin(hi)])
-    stains = np.stack([v_min, v_max] if v_min[0] > v_max[0] else [v_max, v_min], axis=1)
-    stains *= np.sign(stains.sum(axis=0, keepdims=True))
-    conc = np.linalg.pinv(stains) @ od.T
-    return stains, np.percentile(conc, 99, axis=1)
-
-
 def make_macenko(target: Any = None, anchor: Any = None, io: float = 240.0, alpha: float = 1.0,
                  beta: float = 0.15) -> OpFn:
     """Macenko stain normalisation to ``target`` (``{stain_matrix: 3x2 OD columns H, E;
@@ -557,7 +511,7 @@ def make_macenko(target: Any = None, anchor: Any = None, io: float = 240.0, alph
         conc = np.linalg.pinv(stains) @ od.T
         conc *= (goal["max_conc"] / np.maximum(max_conc, 1e-6))[:, None]
         rgb = io * np.exp(-goal["stain_matrix"] @ conc)
-        return _with_image(sample, _to_uint8(rgb.T.reshape(image.shape)))
+        return _with_image(sample, to_uint8(rgb.T.reshape(image.shape)))
 
     return macenko
 

@@ -1,4 +1,4 @@
-"""``python -m metrics``: see :mod:`metrics.cli`."""
+"""``python -m metrics``: see :mod:`metrics.cli` (scoring in :mod:`metrics.scoring`)."""
 
 import sys
 

@@ -2,7 +2,7 @@
 
 ``python -m metrics.demo [--tiles 4] [--seed 0] [--size 256]``
 
-Ground truth comes from :func:`misc.synthetic.generate_tile`. Each perturbation makes a
+Ground truth comes from :func:`loader.synthetic.generate_tile`. Each perturbation makes a
 prediction from it (erode, dilate, merge touching pairs, drop and add objects, flip types,
 all at once); every prediction is scored with :func:`metrics.instance_stats`,
 :func:`metrics.pq_per_class` and :func:`metrics.type_f1`. Prints a table (means over tiles)
@@ -20,11 +20,11 @@ from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 
 from metrics.aggregate import mean_rows, nanmean
-from metrics.cli import instance_types
+from metrics.scoring import instance_types
 from metrics.detection import type_f1
 from metrics.instance import instance_stats, pq_per_class
 from misc.errors import UserError, cli_main
-from misc.synthetic import NUCLEUS_TYPES, generate_tile
+from loader.synthetic import NUCLEUS_TYPES, generate_tile
 
 NR_TYPES = max(NUCLEUS_TYPES)
 Perturbation = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]

@@ -1,1 +1,1 @@
-"""Shared helpers: errors, image/label I/O, instance utilities, synthetic data."""
+"""Shared helpers at the bottom of the layers: errors, image/label I/O, instance utilities, precision."""

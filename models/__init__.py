@@ -86,6 +86,6 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
     Raises:
         UserError: the file is neither kind.
     """
-    from misc.checkpoint import load_checkpoint
+    from engine.checkpoint import load_checkpoint
 
     return load_checkpoint(path, device)[1]

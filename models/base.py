@@ -128,7 +128,7 @@ class Family(ABC):
             raise UserError("model.reinhard and model.reinhard_anchor are both set; "
                             "give target statistics, 'fit' or an anchor image")
         if anchor is not None:
-            from loader.augment import lab_statistics
+            from loader.colour import lab_statistics
             from misc.io import read_image
 
             mean, std = lab_statistics(read_image(anchor))
@@ -155,7 +155,7 @@ class Family(ABC):
         the configured target (None when off)."""
         if self.configured_reinhard != "fit":
             return self.configured_reinhard
-        from loader.augment import lab_statistics
+        from loader.colour import lab_statistics
 
         stats = [lab_statistics(np.asarray(image)) for image in images]
         if not stats:
@@ -175,7 +175,7 @@ class Family(ABC):
         goal = self.reinhard_target
         if goal is None:
             return image
-        from loader.augment import reinhard_normalise
+        from loader.colour import reinhard_normalise
 
         return reinhard_normalise(image, goal)
 

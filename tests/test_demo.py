@@ -1,4 +1,4 @@
-"""The README's main job: ``python -m misc.demo`` trains, infers, processes and beats the baseline."""
+"""The README's main job: ``python demo.py`` trains, infers, processes and beats the baseline."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from misc.demo import main, threshold_baseline
+from demo import main, threshold_baseline
 
 
 def two_squares(bridge: float) -> np.ndarray:

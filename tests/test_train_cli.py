@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from config import load_config
-from misc.checkpoint import save_checkpoint
-from misc.engine import seed_everything
+from engine.checkpoint import save_checkpoint
+from engine.run import seed_everything
 from models import defaults_path, load_plugins
 from tests.engine.helpers import PLUGIN, run_train
 

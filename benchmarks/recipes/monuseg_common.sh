@@ -10,7 +10,7 @@ VALID_PART=${VALID_PART:-valid}
 # budget_seconds FAMILY PATCHES DATA START [TRAIN_OPTION...]: the seconds left for training
 # in the recipe's budget of $BUDGET_MINUTES (default 30) minutes since START (unix seconds) on
 # this host, once the scoring of the $VALID_PART tiles of DATA is set aside: `python -m
-# misc.budget --seconds` times one inference window with the profile's TTA (its reasoning goes
+# engine.budget --seconds` times one inference window with the profile's TTA (its reasoning goes
 # to stderr). train.py gets them as train.time_budget_s and plans its epochs from the measured
 # epoch times. Of the train.py options only the --set ones apply.
 budget_seconds() {
@@ -19,7 +19,7 @@ budget_seconds() {
     mapfile -t sets < <(set_options "$@")
     images=$(mktemp -d)
     link_valid_images "$data" "$images"
-    python -m misc.budget --model "$family" --profile cpu --data "$patches" --score-images "$images" --seconds \
+    python -m engine.budget --model "$family" --profile cpu --data "$patches" --score-images "$images" --seconds \
         --budget-s "$(( ${BUDGET_MINUTES:-30} * 60 - ($(date +%s) - start) - SCORING_MARGIN_S ))" \
         --num-threads "${OMP_NUM_THREADS:-2}" "${sets[@]}"
     rm -rf "$images"

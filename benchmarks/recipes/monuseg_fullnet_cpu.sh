@@ -8,7 +8,7 @@
 # 2. the training tiles cut into 16 patches of 250x250 each (the published MultiOrgan 4x4 grid);
 # 3. train.py --profile cpu (see opt/fullnet.yaml) for EPOCHS epochs with no validation during
 #    training (default: the profile's 28, or as many as fit the 30 minutes on this host:
-#    train.time_budget_s from `python -m misc.budget --seconds`; BUDGET_MINUTES=N changes the budget);
+#    train.time_budget_s from `python -m engine.budget --seconds`; BUDGET_MINUTES=N changes the budget);
 # 4. infer.py on the 3 validation tiles (208 windows, overlap 80, no TTA) and process.py scoring
 #    them against their annotations; the last line is one JSON object of scores.
 # DATA_DIR defaults to $HISTOSEG_DATA/monuseg or ../shared/data/monuseg beside the checkout.

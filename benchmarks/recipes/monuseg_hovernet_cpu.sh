@@ -11,7 +11,7 @@
 #    colour normalisation to the training patches' mean CIELAB statistics, bf16 autocast,
 #    batch 2, Adam 2e-3 with cosine decay) for EPOCHS epochs with no validation (default: the
 #    profile's 20, or as many as fit the 30 minutes on this host: train.time_budget_s, the time
-#    left once the scoring timed by `python -m misc.budget --seconds` is set aside;
+#    left once the scoring timed by `python -m engine.budget --seconds` is set aside;
 #    BUDGET_MINUTES=N changes the budget);
 # 4. infer.py (the profile's 8-fold TTA, bf16) on the 3 validation tiles (1000x1000) and process.py
 #    (post-processing constants tuned on these tiles) scoring them against their annotations;

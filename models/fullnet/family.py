@@ -63,7 +63,7 @@ class FullNetFamily(Family):
         normalisation, and the Reinhard target itself (``reinhard``, None when off; see
         :meth:`models.base.Family.fit_reinhard_target`), so that a checkpoint normalises
         colours without the anchor image."""
-        from loader.augment import reinhard_normalise
+        from loader.colour import reinhard_normalise
 
         target = self.fit_reinhard_target(images)
         total = np.zeros(3)

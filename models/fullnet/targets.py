@@ -125,7 +125,7 @@ class FullNetTargets:
         else:
             maps["weight_map"] = np.ones(inst_map.shape, np.float32)
         if self.reinhard is not None:
-            from loader.augment import reinhard_normalise
+            from loader.colour import reinhard_normalise
 
             maps["image"] = reinhard_normalise(np.asarray(sample["image"]), self.reinhard)
         return maps

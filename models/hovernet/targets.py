@@ -112,7 +112,7 @@ class HoVerTargets:
         when a target is set, else nothing."""
         if self.reinhard is None:
             return {}
-        from loader.augment import reinhard_normalise
+        from loader.colour import reinhard_normalise
 
         return {"image": reinhard_normalise(np.asarray(sample["image"]), self.reinhard)}
 

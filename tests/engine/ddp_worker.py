@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from misc.engine import RunRequest, run
+from engine.run import RunRequest, run
 
 
 def main(argv: list[str]) -> None:

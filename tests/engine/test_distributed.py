@@ -43,7 +43,7 @@ def test_two_gloo_ranks_match_each_other_and_one_process(tmp_path, train):
 
 def _initial_weights() -> dict[str, torch.Tensor]:
     """The toy classifier's weights before training (same seed as the runs)."""
-    from misc.engine import seed_everything
+    from engine.run import seed_everything
     from tests.engine.toy_families import PatchClassifierFamily
 
     seed_everything(3)

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from misc import checkpoint as ckpt
-from misc import engine
+from engine import checkpoint as ckpt
+from engine import loop, run
 from misc.errors import UserError
 from models import load_plugins
 from tests.engine.helpers import PLUGIN
@@ -33,44 +33,44 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    real_epoch = engine._train_epoch
+    real_epoch = loop._train_epoch
 
     def timed_epoch(*args, **kwargs):
         fake.now += EPOCH_S
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(engine.time, "time", fake.time)
-    monkeypatch.setattr(engine, "_train_epoch", timed_epoch)
+    monkeypatch.setattr(loop.time, "time", fake.time)
+    monkeypatch.setattr(loop, "_train_epoch", timed_epoch)
     return fake
 
 
-def _run(tmp_path, *overrides: str, resume: bool = False) -> engine.TrainResult:
-    request = engine.RunRequest(model="toy_patchcls", data="synthetic", out=str(tmp_path / "run"), device="cpu",
+def _run(tmp_path, *overrides: str, resume: bool = False) -> loop.TrainResult:
+    request = run.RunRequest(model="toy_patchcls", data="synthetic", out=str(tmp_path / "run"), device="cpu",
                                 quiet=True, resume=resume, overrides=[PHASES, *overrides])
-    return engine.run(request)
+    return run.run(request)
 
 
 def test_planned_epochs_fill_the_time_left() -> None:
-    assert engine.budgeted_epochs(budget_s=1000, spent_s=300, epoch_s=100, done=3, most=20) == 10
+    assert loop.budgeted_epochs(budget_s=1000, spent_s=300, epoch_s=100, done=3, most=20) == 10
 
 
 def test_planned_epochs_never_exceed_the_configured_ones() -> None:
-    assert engine.budgeted_epochs(budget_s=10_000, spent_s=100, epoch_s=100, done=1, most=20) == 20
+    assert loop.budgeted_epochs(budget_s=10_000, spent_s=100, epoch_s=100, done=1, most=20) == 20
 
 
 def test_planned_epochs_stop_when_no_epoch_fits() -> None:
-    assert engine.budgeted_epochs(budget_s=1000, spent_s=950, epoch_s=100, done=5, most=20) == 5
+    assert loop.budgeted_epochs(budget_s=1000, spent_s=950, epoch_s=100, done=5, most=20) == 5
 
 
 @pytest.mark.parametrize("budget", ["0", "-5", "true", "soon"])
 def test_budget_must_be_positive_seconds(budget: str) -> None:
     with pytest.raises(UserError, match="time_budget_s"):
-        engine.time_budget({"time_budget_s": __import__("yaml").safe_load(budget), "phases": [{}]})
+        loop.time_budget({"time_budget_s": __import__("yaml").safe_load(budget), "phases": [{}]})
 
 
 def test_budget_is_refused_for_several_phases() -> None:
     with pytest.raises(UserError, match="single-phase run; this one has 2 phases"):
-        engine.time_budget({"time_budget_s": 60, "phases": [{}, {}]})
+        loop.time_budget({"time_budget_s": 60, "phases": [{}, {}]})
 
 
 def test_run_trains_the_epochs_that_fit_its_budget(tmp_path, clock: FakeClock) -> None:
@@ -90,17 +90,17 @@ def test_schedule_spans_the_planned_epochs(tmp_path, clock: FakeClock) -> None:
 
 def test_resumed_run_continues_the_plan_and_the_seconds_spent(tmp_path, clock: FakeClock,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    real_epoch = engine._train_epoch
+    real_epoch = loop._train_epoch
 
-    def interrupted(setup, state, loop, *args):
-        if loop.epoch == 2:
+    def interrupted(setup, state, progress, *args):
+        if progress.epoch == 2:
             raise KeyboardInterrupt
-        return real_epoch(setup, state, loop, *args)
+        return real_epoch(setup, state, progress, *args)
 
-    monkeypatch.setattr(engine, "_train_epoch", interrupted)
+    monkeypatch.setattr(loop, "_train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, "train.time_budget_s=450")
-    monkeypatch.setattr(engine, "_train_epoch", real_epoch)
+    monkeypatch.setattr(loop, "_train_epoch", real_epoch)
     result = _run(tmp_path, "train.time_budget_s=450", resume=True)
     assert result.epoch == 4
     checkpoint = ckpt.read_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from misc import checkpoint as ckpt
-from misc import engine
+from engine import checkpoint as ckpt
+from engine import data, loop, optim, run
 from misc.errors import UserError
 from misc.precision import cpu_bf16_supported
 from models import load_model, load_plugins, register_family
@@ -20,12 +20,12 @@ load_plugins([PLUGIN])
 from tests.engine.toy_families import CascadeFamily, PatchClassifierFamily  # noqa: E402
 
 
-def _run(tmp_path, model: str, *overrides: str, name: str = "run") -> engine.TrainResult:
+def _run(tmp_path, model: str, *overrides: str, name: str = "run") -> loop.TrainResult:
     """Train a toy family in this process on CPU."""
-    request = engine.RunRequest(
+    request = run.RunRequest(
         model=model, data="synthetic", out=str(tmp_path / name), overrides=list(overrides), device="cpu", quiet=True,
     )
-    return engine.run(request)
+    return run.run(request)
 
 
 @pytest.mark.parametrize(
@@ -42,19 +42,19 @@ def _run(tmp_path, model: str, *overrides: str, name: str = "run") -> engine.Tra
     ],
 )
 def test_schedule_factor(spec, epoch, expected):
-    assert engine.schedule_factor(spec, epoch, 10) == pytest.approx(expected)
+    assert optim.schedule_factor(spec, epoch, 10) == pytest.approx(expected)
 
 
 def test_unknown_schedule_is_a_user_error():
     with pytest.raises(UserError, match="schedule.name 'linear'"):
-        engine.schedule_factor({"name": "linear"}, 0, 10)
+        optim.schedule_factor({"name": "linear"}, 0, 10)
 
 
 def test_warmup_then_step_schedule_per_optimizer_step():
     param = nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=1.0)
     phase = {"epochs": 4, "schedule": {"name": "step", "step_size": 1, "gamma": 0.5}}
-    scheduler = engine.build_scheduler(optimizer, phase, steps_per_epoch=3, warmup_steps=2)
+    scheduler = optim.build_scheduler(optimizer, phase, steps_per_epoch=3, warmup_steps=2)
     lrs = []
     for _ in range(7):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -66,12 +66,12 @@ def test_warmup_then_step_schedule_per_optimizer_step():
 def test_unknown_optimizer_keyword_is_a_user_error():
     groups = [{"params": [nn.Parameter(torch.zeros(1))]}]
     with pytest.raises(UserError, match="phases 'all': optimizer adam.*'momentum'"):
-        engine.build_optimizer(groups, {"name": "adam", "lr": 0.1, "momentum": 0.9}, "all")
+        optim.build_optimizer(groups, {"name": "adam", "lr": 0.1, "momentum": 0.9}, "all")
 
 
 def test_held_out_split_keeps_each_source_image_on_one_side():
     samples = [{"group": g, "name": f"{g}_{i}"} for g in "abcde" for i in range(3)]
-    train_idx, val_idx = engine.split_by_group(samples, 0.4, seed=0)
+    train_idx, val_idx = data.split_by_group(samples, 0.4, seed=0)
     val_groups = {samples[i]["group"] for i in val_idx}
     assert len(val_groups) == 2 and len(val_idx) == 6 and len(train_idx) == 9
     assert val_groups.isdisjoint(samples[i]["group"] for i in train_idx)
@@ -102,7 +102,7 @@ def test_train_mode_puts_frozen_modules_in_eval():
 def test_frozen_module_keeps_its_weights(tmp_path):
     phase = ("train.phases=[{name: only, epochs: 1, batch_size: 4, freeze: [refine],"
              " optimizer: {name: adam, lr: 0.01}, loss_weights: {coarse: 1.0, fine: 1.0}}]")
-    engine.seed_everything(5)
+    run.seed_everything(5)
     initial = CascadeFamily({"model": {"width": 4, "factor": 4}}).build_network().state_dict()
     trained = _run(tmp_path, "toy_cascade", phase).net.state_dict()
     assert all(torch.equal(trained[k], initial[k]) for k in initial if k.startswith("refine."))
@@ -120,7 +120,7 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
 def test_gradient_clipping_bounds_each_update(tmp_path):
     phase = ("train.phases=[{name: all, epochs: 1, batch_size: 8, freeze: [], optimizer: {name: sgd, lr: 1.0},"
              " loss_weights: {bce: 1.0}}]")
-    engine.seed_everything(3)
+    run.seed_everything(3)
     initial = PatchClassifierFamily({"model": {"classes": 3, "width": 8}}).build_network().state_dict()
     trained = _run(tmp_path, "toy_patchcls", phase, "train.clip_grad_norm=0.001").net.state_dict()
     change = torch.sqrt(sum(((trained[k] - initial[k]) ** 2).sum() for k in initial))
@@ -143,7 +143,7 @@ class _NanFamily(PatchClassifierFamily):
 def test_non_finite_loss_stops_naming_step_and_term(tmp_path):
     register_family(_NanFamily.name, _NanFamily)
     _NanFamily.calls = 0
-    with pytest.raises(engine.NonFiniteLoss, match=r"epoch 2, step 3 .*bad_term=nan"):
+    with pytest.raises(loop.NonFiniteLoss, match=r"epoch 2, step 3 .*bad_term=nan"):
         _run(tmp_path, "toy_nan")
 
 
@@ -152,7 +152,7 @@ def test_load_checkpoint_restores_family_norm_stats_and_eval_network(tmp_path):
     family, net, meta = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     assert isinstance(family, PatchClassifierFamily) and not net.training
     assert meta["family"] == "toy_patchcls" and meta["epoch"] == 2 and meta["step"] == 4
-    train_images = engine.ImageView(engine.synthetic_dataset(8, 0, 32))
+    train_images = data.ImageView(data.synthetic_dataset(8, 0, 32))
     assert family.norm_stats == family.fit_norm_stats(train_images)
     loaded = load_model(tmp_path / "run" / "checkpoints" / "latest.pt")
     assert all(torch.equal(v, result.net.state_dict()[k]) for k, v in loaded.state_dict().items())
@@ -167,14 +167,14 @@ def test_load_model_refuses_a_file_that_is_no_checkpoint(tmp_path):
 
 def test_cpu_autocast_is_bf16_only_with_amp_cpu() -> None:
     cpu = torch.device("cpu")
-    assert engine.training_amp_dtype({"amp": True}, cpu) is None
+    assert loop.training_amp_dtype({"amp": True}, cpu) is None
     expected = torch.bfloat16 if cpu_bf16_supported() else None
-    assert engine.training_amp_dtype({"amp": True, "amp_cpu": True}, cpu) == expected
+    assert loop.training_amp_dtype({"amp": True, "amp_cpu": True}, cpu) == expected
 
 
 @pytest.mark.skipif(not cpu_bf16_supported(), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
 def test_hovernet_trains_under_cpu_bf16_autocast(tmp_path) -> None:
-    result = engine.run(engine.RunRequest(
+    result = run.run(run.RunRequest(
         model="hovernet", profile="demo", out=str(tmp_path / "run"), device="cpu", quiet=True,
         overrides=["train.amp_cpu=true", "train.channels_last=true", "data.synthetic.n_train=4",
                    "data.synthetic.n_val=1", "train.phases.0.epochs=1"],
@@ -187,6 +187,6 @@ def test_channels_last_is_dropped_for_dilated_convolutions_under_cpu_bf16() -> N
     dilated = nn.Sequential(nn.Conv2d(3, 4, 3, padding=2, dilation=2))
     plain = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
     cfg = {"channels_last": True}
-    assert engine.training_channels_last(dilated, cfg, cpu, None) and engine.training_channels_last(plain, cfg, cpu, torch.bfloat16)
-    assert not engine.training_channels_last(dilated, cfg, cpu, torch.bfloat16)
-    assert not engine.training_channels_last(plain, {"channels_last": False}, cpu, None)
+    assert loop.training_channels_last(dilated, cfg, cpu, None) and loop.training_channels_last(plain, cfg, cpu, torch.bfloat16)
+    assert not loop.training_channels_last(dilated, cfg, cpu, torch.bfloat16)
+    assert not loop.training_channels_last(plain, {"channels_last": False}, cpu, None)

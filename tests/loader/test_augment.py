@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loader.augment import OPS, build_augment, lab_statistics, load_augment_preset
+from loader.augment import OPS, build_augment, load_augment_preset
+from loader.colour import lab_statistics, macenko_stains
 from misc.errors import UserError
 from misc.io import read_image, write_image
-from misc.synthetic import generate_tile
+from loader.synthetic import generate_tile
 
 SIZE = 21
 SQUARE_ID = 7
@@ -163,7 +164,7 @@ def test_reinhard_matches_target_lab_statistics():
 
 
 def test_macenko_gives_the_target_stain_vectors():
-    from loader.augment import augment_config, macenko_stains
+    from loader.augment import augment_config
 
     target = np.asarray(augment_config()["ops"]["macenko"]["target"]["stain_matrix"])
     out = run([{"op": "macenko"}], tile_sample(96))
@@ -173,8 +174,6 @@ def test_macenko_gives_the_target_stain_vectors():
 
 
 def test_macenko_anchor_equals_the_anchor_stains_as_target(tmp_path):
-    from loader.augment import macenko_stains
-
     anchor = tile_sample(96)["image"]
     write_image(tmp_path / "anchor.png", anchor)
     stains, max_conc = macenko_stains(anchor, 240, 1, 0.15)

@@ -13,7 +13,7 @@ from loader.augment import build_augment
 from loader.datasets import PatchSource, SampleDataset, open_patches, seed_worker
 from loader.extract import ExtractOptions, extract_samples
 from misc.errors import UserError
-from misc.synthetic import generate_tile
+from loader.synthetic import generate_tile
 
 WINDOW = ExtractOptions(win=(48, 48), step=(32, 32))
 
@@ -169,7 +169,7 @@ def test_a_bad_source_sample_is_named_in_the_error():
 
 def test_reader_datasets_work_as_sources(tmp_path):
     from loader.readers import read_dataset
-    from misc.synthetic import write_dataset
+    from loader.synthetic import write_dataset
 
     write_dataset(tmp_path, n=2, seed=0, shape=(40, 40))
     dataset = SampleDataset(read_dataset("folder", tmp_path), augment=build_augment([{"op": "transpose"}]))

@@ -12,7 +12,7 @@ import extract_patches
 from loader import reassemble
 from loader.extract import ExtractOptions, extract_samples, load_manifest, stack_channels, window_origins
 from misc.errors import UserError
-from misc.synthetic import generate_tile, write_dataset
+from loader.synthetic import generate_tile, write_dataset
 
 
 @dataclass

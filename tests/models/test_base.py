@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loader.augment import lab_statistics
+from loader.colour import lab_statistics
 from misc.errors import UserError
 from misc.io import write_image
-from misc.synthetic import generate_tile
+from loader.synthetic import generate_tile
 from models.hovernet.family import HoVerNetFamily
 
 TARGET = {"mean": [60.0, 10.0, -5.0], "std": [10.0, 5.0, 5.0]}

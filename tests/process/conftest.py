@@ -1,10 +1,10 @@
-"""Every test here runs with the toy family registered (see tests/infer/toy_family.py)."""
+"""Every test here runs with the toy family registered (see tests/inference/toy_family.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.infer.toy_family import toy_registered  # noqa: F401  (fixture)
+from tests.inference.toy_family import toy_registered  # noqa: F401  (fixture)
 
 
 @pytest.fixture(autouse=True)

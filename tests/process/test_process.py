@@ -14,12 +14,13 @@ from skimage.draw import polygon
 
 import process
 from misc.errors import UserError
-from misc.inference import process_folder, run_folder
+from inference.folder import run_folder
+from inference.processing import process_folder
 from misc.io import read_image, write_image
 from loader.readers import read_geojson
 from postproc.formats import geojson_collection, pixel_edge_ring
 from postproc.instances import instance_info
-from tests.infer.toy_family import ToyFamily, nuclei_image, toy_family
+from tests.inference.toy_family import ToyFamily, nuclei_image, toy_family
 
 TYPE_INFO = {0: ("background", (0, 0, 0)), 1: ("dark", (0, 255, 0)), 2: ("red", (0, 0, 255))}
 

@@ -54,7 +54,7 @@ def test_glas_profile_constants() -> None:
 
 
 def test_glas_inference_is_one_whole_image_pass_resized_back() -> None:
-    from misc.inference import infer_image
+    from inference.predict import infer_image
 
     cfg = tiny_cfg(resize_shorter=24)
     family = FullNetFamily(cfg)
@@ -125,8 +125,8 @@ def test_postprocess_result_and_options(family: FullNetFamily) -> None:
 
 def test_demo_profile_trains_through_the_engine(tmp_path, monkeypatch) -> None:
     import models
-    from misc.checkpoint import load_checkpoint
-    from misc.engine import RunRequest, run
+    from engine.checkpoint import load_checkpoint
+    from engine.run import RunRequest, run
 
     monkeypatch.setitem(models.FAMILIES, "fullnet", "models.fullnet.family:FullNetFamily")
     result = run(RunRequest(model="fullnet", profile="demo", out=str(tmp_path / "run"), quiet=True, device="cpu"))
@@ -137,9 +137,9 @@ def test_demo_profile_trains_through_the_engine(tmp_path, monkeypatch) -> None:
 
 def test_checkpoint_carries_the_anchor_statistics(tmp_path, monkeypatch) -> None:
     import models
-    from loader.augment import lab_statistics
-    from misc.checkpoint import load_checkpoint
-    from misc.engine import RunRequest, run
+    from loader.colour import lab_statistics
+    from engine.checkpoint import load_checkpoint
+    from engine.run import RunRequest, run
     from misc.io import write_image
 
     monkeypatch.setitem(models.FAMILIES, "fullnet", "models.fullnet.family:FullNetFamily")

@@ -118,6 +118,6 @@ def test_memory_efficient_gives_the_same_gradients() -> None:
 
 
 def test_summary_reports_the_published_parameter_count(full_net: FullNet) -> None:
-    from misc.engine import network_summary
+    from engine.summary import network_summary
 
     assert network_summary(full_net, torch.zeros(1, 3, 8, 8)).splitlines()[-1] == "params: 1780233"

@@ -223,7 +223,7 @@ def test_pretrained_encoder_with_other_width_is_a_user_error(published_keys, tmp
 
 
 def test_official_file_loads_through_the_shared_checkpoint_loader(published_keys, tmp_path):
-    from misc.checkpoint import load_checkpoint
+    from engine.checkpoint import load_checkpoint
 
     state = random_state(published_keys["fast_types6"]["state"], seed=2)
     path = tmp_path / "hovernet_fast_pannuke_type_tf2pytorch.tar"

@@ -10,8 +10,8 @@ import torch
 
 from config import load_config
 from misc.errors import UserError
-from misc.inference import infer_image
-from misc.synthetic import generate_tile
+from inference.predict import infer_image
+from loader.synthetic import generate_tile
 from models import get_family
 from models.hovernet.family import HoVerNetFamily
 from models.hovernet.targets import hv_map
@@ -171,8 +171,8 @@ def test_config_without_the_shared_key_builds_separate_decoders():
 
 
 def test_fitted_reinhard_target_travels_in_the_checkpoint(tmp_path):
-    from misc.checkpoint import load_checkpoint
-    from misc.engine import RunRequest, run
+    from engine.checkpoint import load_checkpoint
+    from engine.run import RunRequest, run
 
     run(RunRequest(model="hovernet", profile="demo", out=str(tmp_path / "run"), quiet=True, device="cpu",
                    overrides=["model.reinhard=fit", "data.synthetic.n_train=2", "data.synthetic.n_val=1",

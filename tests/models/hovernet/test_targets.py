@@ -129,8 +129,8 @@ def test_precompute_is_empty_without_a_reinhard_target():
 
 
 def test_precompute_normalises_the_whole_image_to_the_reinhard_target():
-    from loader.augment import lab_statistics
-    from misc.synthetic import generate_tile
+    from loader.colour import lab_statistics
+    from loader.synthetic import generate_tile
 
     target = {"mean": [60.0, 10.0, -5.0], "std": [10.0, 5.0, 5.0]}
     sample = {**patch_sample(), "image": generate_tile(0, (20, 20))[0]}

@@ -11,9 +11,11 @@ from torch import nn
 
 import infer
 from misc.errors import UserError
-from misc.inference import find_raw, infer_image, run_folder
+from inference.folder import run_folder
+from inference.predict import infer_image
+from inference.rawfile import find_raw
 from misc.io import write_image
-from tests.infer.toy_family import nuclei_image, toy_family
+from tests.inference.toy_family import nuclei_image, toy_family
 
 CHANNEL_SHIFT = np.array([10, 40, 70], np.uint8)
 
@@ -76,9 +78,9 @@ def test_weight_outside_0_1_is_a_user_error(tmp_path: Path) -> None:
 
 
 def test_cli_flag_reaches_the_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import misc.checkpoint
+    import engine.checkpoint
 
-    monkeypatch.setattr(misc.checkpoint, "load_checkpoint", lambda path, device: (*bn_toy(), {}))
+    monkeypatch.setattr(engine.checkpoint, "load_checkpoint", lambda path, device: (*bn_toy(), {}))
     image = even_image((36, 36))
     write_image(tmp_path / "in" / "a.png", image)
     argv = ["--model-path", "x.pt", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),

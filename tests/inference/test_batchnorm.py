@@ -1,4 +1,4 @@
-"""Test-time BatchNorm adaptation (misc.bn_adapt)."""
+"""Test-time BatchNorm adaptation (inference.predict)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from misc.bn_adapt import adapted_batchnorm, check_adapt_weight
+from inference.predict import adapted_batchnorm, check_adapt_weight
 from misc.errors import UserError
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 torch.set_num_threads(1)
-from misc.inference import run_folder
-from tests.infer.toy_family import toy_family
+from inference.folder import run_folder
+from tests.inference.toy_family import toy_family
 channels, tmp = int(sys.argv[1]), Path(sys.argv[2])
 family, net = toy_family(input_size=128, output_size=128, batch_size=4)
 family.cfg["model"]["extra_channels"] = channels

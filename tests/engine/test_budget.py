@@ -1,4 +1,4 @@
-"""Epoch planning within a wall-clock budget (misc.budget)."""
+"""Epoch planning within a wall-clock budget (engine.budget)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import torch
 
 from config import load_config
 from loader.extract import ExtractOptions, extract_samples
-from misc import budget
-from misc.budget import HostTimes, plan_epochs, score_windows
+from engine import budget
+from engine.budget import HostTimes, plan_epochs, score_windows
 from misc.errors import UserError
 from misc.io import write_image
-from misc.synthetic import generate_tile
-from misc.tiling import ArraySink, TileSpec, predict_tiled
+from loader.synthetic import generate_tile
+from inference.tiling import ArraySink, TileSpec, predict_tiled
 from models import get_family
 
 TIMES = HostTimes(step_s=0.5, sample_s=0.1, window_s=2.0)  # an epoch of 10 samples in 5 batches of 2: 5 x 0.7 = 3.5 s
@@ -76,7 +76,7 @@ def test_inference_timing_adds_the_batchnorm_adaptation_pass(monkeypatch) -> Non
         tta = bool(family.cfg["infer"].get("tta"))
         return lambda windows: passes.append(tta)
 
-    monkeypatch.setattr("misc.inference.family_predictor", counting_predictor)
+    monkeypatch.setattr("inference.predict.family_predictor", counting_predictor)
     budget.time_inference(demo_family(tta="true", bn_adapt=0.5), torch.device("cpu"), repeats=1)
     assert passes == [True, False, True, False]  # warm-up and timed run: the TTA pass, then the plain one
 

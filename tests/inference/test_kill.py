@@ -8,16 +8,16 @@ import sys
 import time
 from pathlib import Path
 
-from misc.inference import run_folder
+from inference.folder import run_folder
 from misc.io import write_image
 from tests.conftest import REPO_ROOT
-from tests.infer.toy_family import nuclei_image, toy_family
+from tests.inference.toy_family import nuclei_image, toy_family
 
 SCRIPT = """
 import sys
 from pathlib import Path
-from misc.inference import run_folder
-from tests.infer.toy_family import toy_family
+from inference.folder import run_folder
+from tests.inference.toy_family import toy_family
 family, net = toy_family(batch_size=1)
 family.cfg["model"]["delay"] = 0.05
 run_folder(family, net, Path(sys.argv[1]), Path(sys.argv[2]), "cpu", show_progress=False)

@@ -13,10 +13,12 @@ import torch
 
 import infer
 from misc.errors import UserError
-from misc.inference import H5_NAME, find_raw, infer_image, run_folder
+from inference.folder import run_folder
+from inference.predict import infer_image
+from inference.rawfile import H5_NAME, find_raw
 from misc.io import write_image
 from misc.precision import cpu_bf16_supported
-from tests.infer.toy_family import expected_np_prob, nuclei_image, toy_family
+from tests.inference.toy_family import expected_np_prob, nuclei_image, toy_family
 
 
 def image_folder(root: Path, names: tuple[str, ...] = ("a", "b")) -> Path:
@@ -131,9 +133,9 @@ def test_amp_runs_the_network_in_bf16_and_nhwc(tmp_path: Path) -> None:
 
 
 def test_cli_amp_flag_overrides_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import misc.checkpoint
+    import engine.checkpoint
 
-    monkeypatch.setattr(misc.checkpoint, "load_checkpoint", lambda path, device: (*toy_family(amp=True), {}))
+    monkeypatch.setattr(engine.checkpoint, "load_checkpoint", lambda path, device: (*toy_family(amp=True), {}))
     argv = ["--model-path", "x.pt", "--input", str(image_folder(tmp_path)), "--output", str(tmp_path / "out"),
             "--device", "cpu", "--quiet", "--no-amp"]
     assert infer.main(argv) == 0
@@ -143,9 +145,9 @@ def test_cli_amp_flag_overrides_the_checkpoint(tmp_path: Path, monkeypatch: pyte
 
 
 def test_cli_exit_code_1_when_an_image_is_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import misc.checkpoint
+    import engine.checkpoint
 
-    monkeypatch.setattr(misc.checkpoint, "load_checkpoint", lambda path, device: (*toy_family(), {}))
+    monkeypatch.setattr(engine.checkpoint, "load_checkpoint", lambda path, device: (*toy_family(), {}))
     images = image_folder(tmp_path)
     (images / "broken.tif").write_bytes(b"II*\x00garbage")
     argv = ["--model-path", "x.pt", "--input", str(images), "--output", str(tmp_path / "out"), "--device", "cpu", "--quiet"]
@@ -172,8 +174,8 @@ def test_cli_unknown_checkpoint_format_is_a_one_line_error(tmp_path: Path, capsy
 
 
 def test_family_preprocess_image_runs_before_tiling():
-    from misc.inference import infer_image
-    from tests.infer.toy_family import expected_np_prob, nuclei_image, toy_family
+    from inference.predict import infer_image
+    from tests.inference.toy_family import expected_np_prob, nuclei_image, toy_family
 
     family, net = toy_family()
     family.preprocess_image = lambda image: 255 - image

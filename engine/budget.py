@@ -12,7 +12,7 @@ data, what the run spends its time on:
   ``infer.bn_adapt`` is on (scoring the validation images after training).
 
 :func:`plan_epochs` then picks the most epochs (at most the profile's) whose training and
-scoring, with a safety margin, fit the budget, and ``python -m misc.budget`` prints that number.
+scoring, with a safety margin, fit the budget, and ``python -m engine.budget`` prints that number.
 With ``--seconds`` it prints :func:`training_seconds` instead: the budget left once the scoring
 is set aside, for ``train.time_budget_s``, with which the engine plans the epochs from whole
 epochs measured while training (what the MoNuSeg recipes do).
@@ -105,12 +105,12 @@ def time_training(family: Any, dataset: Any, device: torch.device, repeats: int 
 
     Args:
         family: a :class:`models.base.Family` (its ``norm_stats`` already fitted).
-        dataset: the training dataset (``misc.engine.build_train_dataset``), at least one batch;
+        dataset: the training dataset (``engine.data.build_train_dataset``), at least one batch;
             its samples are read twice and the second reading is timed, so per-sample maps the
             engine caches after the first epoch (e.g. FullNet's weight maps) count as cached.
         repeats: timed steps after two warm-up steps, each on its own batch.
     """
-    from misc import engine
+    from engine import loop, optim
 
     cfg = family.cfg
     phase = cfg["train"]["phases"][0]
@@ -125,21 +125,21 @@ def time_training(family: Any, dataset: Any, device: torch.device, repeats: int 
     sample_s = (time.perf_counter() - start) / len(items)
 
     net = family.build_network().to(device)
-    amp_dtype = engine.training_amp_dtype(cfg["train"], device)
-    channels_last = engine.training_channels_last(net, cfg["train"], device, amp_dtype)
+    amp_dtype = loop.training_amp_dtype(cfg["train"], device)
+    channels_last = loop.training_channels_last(net, cfg["train"], device, amp_dtype)
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    optimizer = engine.build_optimizer(family.parameter_groups(net, phase), phase.get("optimizer") or {}, "timing")
+    optimizer = optim.build_optimizer(family.parameter_groups(net, phase), phase.get("optimizer") or {}, "timing")
     family.train_mode(net, phase)
     batches = iter([
-        engine.batch_to_device(default_collate(items[first:first + batch_size]), device, channels_last)
+        loop.batch_to_device(default_collate(items[first:first + batch_size]), device, channels_last)
         for first in range(0, len(items), batch_size)
     ])
-    weights = engine.phase_loss_weights(phase)
+    weights = loop.phase_loss_weights(phase)
 
     def step() -> None:
         batch = next(batches)
-        with engine.autocast_context(device, amp_dtype):
+        with loop.autocast_context(device, amp_dtype):
             loss, _ = family.loss(family.forward(net, batch), batch, weights)
         loss.backward()
         optimizer.step()
@@ -154,9 +154,9 @@ def time_inference(family: Any, device: torch.device, repeats: int = 1) -> float
     """Seconds per inference window: a batch of ``infer.batch_size`` random windows through
     ``family.predict`` (with the profile's TTA), plus one plain pass when ``infer.bn_adapt``
     is on, divided by the batch size; in ``infer.py``'s precision and memory format
-    (:func:`misc.inference.inference_precision`). One warm-up run comes
+    (:func:`inference.predict.inference_precision`). One warm-up run comes
     first (with 8-fold TTA a run is 9 network passes of the batch, so one timed run suffices)."""
-    from misc.inference import family_predictor, inference_precision, with_infer_overrides
+    from inference.predict import family_predictor, inference_precision, with_infer_overrides
 
     infer_cfg = family.cfg["infer"]
     batch_size, size = int(infer_cfg.get("batch_size", 1)), int(infer_cfg["input_size"])
@@ -184,7 +184,7 @@ def measure(family: Any, dataset: Any, device: torch.device) -> HostTimes:
 
 def score_windows(family: Any, image_shapes: Sequence[tuple[int, int]]) -> int:
     """Windows the family's tiler runs over images of these (H, W) shapes."""
-    from misc.tiling import TileSpec, window_count
+    from inference.tiling import TileSpec, window_count
 
     spec = TileSpec.from_config(family.cfg["infer"])
     return sum(window_count(shape, spec) for shape in image_shapes)
@@ -192,7 +192,7 @@ def score_windows(family: Any, image_shapes: Sequence[tuple[int, int]]) -> int:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m misc.budget",
+        prog="python -m engine.budget",
         description="Print the most epochs of a profile's single training phase that, with scoring, fit a "
         "wall-clock budget on this host (timed on the run's own training data).",
     )
@@ -221,9 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     The timing itself (a few warm-up and timed steps, about 10-60 s) counts against ``--budget-s``.
     """
     from config import load_config
-    from misc.distributed import resolve_device
-    from misc.engine import ImageView, build_train_dataset, read_source
-    from misc.inference import list_images
+    from engine.distributed import resolve_device
+    from engine.data import ImageView, build_train_dataset, read_source
+    from inference.folder import list_images
     from misc.io import read_image
     from models import get_family
 
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(args.model, args.profile, overrides=args.overrides)
     phases = cfg["train"]["phases"]
     if len(phases) != 1:
-        raise UserError(f"misc.budget plans single-phase profiles; '{args.model}' profile {args.profile} has {len(phases)} phases")
+        raise UserError(f"engine.budget plans single-phase profiles; '{args.model}' profile {args.profile} has {len(phases)} phases")
     device = resolve_device(args.device, None)
     family = get_family(args.model)(cfg)
     samples = read_source(args.data)

@@ -16,7 +16,7 @@ from skimage.measure import label, regionprops
 
 from misc.errors import UserError
 from misc.io import read_image, read_label
-from misc.synthetic import (
+from loader.synthetic import (
     HE_STAIN_MATRIX,
     NUCLEUS_TYPES,
     NucleusLayout,
@@ -266,7 +266,7 @@ def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv):
 
 
 def test_cli_runs_as_module(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "misc.synthetic", str(tmp_path), "--n", "1", "--size", "32"],
+    result = subprocess.run([sys.executable, "-m", "loader.synthetic", str(tmp_path), "--n", "1", "--size", "32"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "inst" / "tile_0000.npy").is_file()

@@ -1,6 +1,6 @@
 """The main job on the built-in default, end to end on synthetic H&E tiles.
 
-    python -m misc.demo [--out DIR] [--tiles 4] [--num-threads N]
+    python demo.py [--out DIR] [--tiles 4] [--num-threads N]
 
 1. trains the ``demo`` profile of HoVer-Net on synthetic tiles generated on the fly
    (``train.py --model hovernet --data synthetic --profile demo``);
@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from config import setup_logging
-from misc.engine import default_run_dir
+from engine.run import default_run_dir
 from misc.errors import cli_main
 
 HELDOUT_SEED = 1_000_003
@@ -55,7 +55,7 @@ def baseline_scores(raw_dir: Path, gt_root: Path) -> dict[str, float]:
     """Mean PQ/Dice/AJI of :func:`threshold_baseline` over the raw files in ``raw_dir``."""
     from loader import read_dataset
     from metrics import instance_stats, mean_rows
-    from misc.inference import find_raw
+    from inference.rawfile import find_raw
 
     truth = {sample.name: sample.inst_map for sample in read_dataset("folder", gt_root)}
     rows = []
@@ -68,11 +68,12 @@ def baseline_scores(raw_dir: Path, gt_root: Path) -> dict[str, float]:
 
 def run_demo(out: Path, n_tiles: int = 4, num_threads: int | None = None, overrides: tuple[str, ...] = ()) -> dict:
     """Train, infer, process and score; return the summary printed as JSON."""
-    from misc.checkpoint import load_checkpoint
-    from misc.engine import RunRequest, run
-    from misc.distributed import resolve_device
-    from misc.inference import process_folder, run_folder
-    from misc.synthetic import write_dataset
+    from engine.checkpoint import load_checkpoint
+    from engine.run import RunRequest, run
+    from engine.distributed import resolve_device
+    from inference.folder import run_folder
+    from inference.processing import process_folder
+    from loader.synthetic import write_dataset
 
     start = time.perf_counter()
     heldout = out / "heldout"
@@ -109,7 +110,7 @@ def run_demo(out: Path, n_tiles: int = 4, num_threads: int | None = None, overri
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the demo, print one JSON line."""
-    parser = argparse.ArgumentParser(prog="python -m misc.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python demo.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="new work folder (default runs/demo-<UTC time>)")
     parser.add_argument("--tiles", type=int, default=4, help="held-out synthetic tiles to score (default 4)")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")

@@ -8,7 +8,7 @@ import pytest
 from misc.errors import UserError
 import cv2
 
-from misc.tiling import ArraySink, TileSpec, gather_window, plan_axis, predict_tiled, resize_rows, window_count
+from inference.tiling import ArraySink, TileSpec, gather_window, plan_axis, predict_tiled, resize_rows, window_count
 
 
 def centre_crop_predictor(spec: TileSpec):

@@ -11,9 +11,9 @@ import torch
 import infer
 import process
 from config import load_config
-from misc.checkpoint import save_checkpoint
+from engine.checkpoint import save_checkpoint
 from misc.io import write_image
-from misc.synthetic import generate_tile
+from loader.synthetic import generate_tile
 from models import get_family
 
 

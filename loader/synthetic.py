@@ -14,7 +14,7 @@ is byte-identical for the same seed and arguments.
 
 Command line::
 
-    python -m misc.synthetic OUT_DIR --n 8 --seed 0 --size 256
+    python -m loader.synthetic OUT_DIR --n 8 --seed 0 --size 256
 
 writes the ``folder`` dataset layout: ``OUT_DIR/images/<stem>.png`` (RGB),
 ``OUT_DIR/inst/<stem>.npy`` (int32 instance map) and ``OUT_DIR/types/<stem>.png`` (16-bit
@@ -524,7 +524,7 @@ def _parse_size(text: str) -> tuple[int, int]:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     """Write a synthetic dataset in the folder layout (images/, inst/, types/)."""
-    parser = _ArgumentParser(prog="python -m misc.synthetic", description=main.__doc__)
+    parser = _ArgumentParser(prog="python -m loader.synthetic", description=main.__doc__)
     parser.add_argument("out_dir", type=Path, help="output folder (created if missing)")
     parser.add_argument("--n", type=int, default=8, help="number of tiles (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")

@@ -1,0 +1,216 @@
+"""Training data: sources (synthetic, ``KIND:ROOT``, patch folders), the train/val split by
+source image, the augmented training dataset and this process's DataLoader shard."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from engine.distributed import DistInfo
+from misc.errors import UserError
+from models.base import Family
+
+
+def _synthetic_arrays(seed: int, size: int) -> Any:
+    """Arrays of one synthetic tile (module-level so DataLoader workers can pickle it)."""
+    from loader.readers.core import Arrays
+    from loader.synthetic import generate_tile
+
+    image, inst_map, type_map = generate_tile(seed, (size, size))
+    return Arrays(image=image, inst_map=inst_map, type_map=type_map)
+
+
+def _unchanged(arrays: Any, record: Any) -> Any:
+    """Identity sample transform."""
+    return arrays
+
+
+def synthetic_dataset(n: int, seed: int, size: int, offset: int = 0) -> Any:
+    """``n`` lazy synthetic tiles ``tile_seed(seed, offset + i)`` as a ``loader`` Dataset."""
+    from loader.readers.core import Dataset, Record
+    from loader.synthetic import NUCLEUS_TYPES, tile_seed
+
+    class_names = tuple(name for name, _ in NUCLEUS_TYPES.values())
+    records = [
+        Record(
+            name=f"synthetic_{offset + i:04d}",
+            source=Path("synthetic"),
+            loader=functools.partial(_synthetic_arrays, tile_seed(seed, offset + i), size),
+            class_names=class_names,
+        )
+        for i in range(n)
+    ]
+    return Dataset("synthetic", Path("synthetic"), records, _unchanged)
+
+
+def read_source(source: str, split: str | None = None) -> Any:
+    """Samples of a data source other than ``synthetic``.
+
+    Args:
+        source: ``KIND:ROOT`` (a ``loader.read_dataset`` kind and its folder) or a patch
+            folder/``.h5`` written by ``extract_patches.py``.
+        split: split name or split file for ``KIND:ROOT`` sources; the group of an
+            extract folder holding several.
+
+    Raises:
+        UserError: the source is neither form, or the reader refuses it.
+    """
+    if Path(source).exists():
+        from loader.datasets import open_patches
+
+        return open_patches(source, split)
+    if ":" not in source:
+        raise UserError(
+            f"--data '{source}': expected 'synthetic', KIND:ROOT (e.g. consep_mat:/data/consep) "
+            "or an existing patch folder/.h5 from extract_patches.py"
+        )
+    import loader
+
+    kind, root = source.split(":", 1)
+    return loader.read_dataset(kind, root, split=split)
+
+
+def _field(item: Any, key: str) -> Any:
+    """``item[key]`` of a dict, else the attribute ``key`` (None when absent)."""
+    return item.get(key) if isinstance(item, dict) else getattr(item, key, None)
+
+
+def _groups(dataset: Any) -> list[str]:
+    """Source-image group of every sample: its ``group``, else its ``source`` image (patches),
+    else its name. Reads records, not pixels, when the dataset keeps them."""
+    if hasattr(dataset, "groups"):
+        return [str(group) for group in dataset.groups]
+    items = dataset.records if hasattr(dataset, "records") else dataset
+    return [
+        str(_field(item, "group") or _field(item, "source") or _field(item, "name") or index)
+        for index, item in enumerate(items)
+    ]
+
+
+def split_by_group(dataset: Any, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, val) holding out ``fraction`` of the source-image groups.
+
+    Patches of one source image never straddle the split. The held-out groups are a
+    seeded random choice of ``round(fraction * n_groups)`` (at least one when ``fraction > 0``
+    and there are two or more groups).
+    """
+    groups = _groups(dataset)
+    unique = sorted(set(groups))
+    n_val = min(len(unique) - 1, max(1, round(fraction * len(unique)))) if fraction > 0 else 0
+    rng = np.random.default_rng(seed)
+    held_out = set(rng.permutation(unique)[:n_val].tolist()) if n_val > 0 else set()
+    train = [i for i, group in enumerate(groups) if group not in held_out]
+    val = [i for i, group in enumerate(groups) if group in held_out]
+    return train, val
+
+
+class Subset(Sequence):
+    """The items of ``base`` at ``indices`` (picklable for DataLoader workers)."""
+
+    def __init__(self, base: Any, indices: Sequence[int]) -> None:
+        self.base = base
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.base[self.indices[index]]
+
+
+def build_splits(data_cfg: dict, seed: int) -> tuple[Any, Any]:
+    """Training and validation samples for the ``data`` config section.
+
+    Raises:
+        UserError: the training set is empty.
+    """
+    source = str(data_cfg["source"])
+    if source == "synthetic":
+        syn = data_cfg["synthetic"]
+        train = synthetic_dataset(int(syn["n_train"]), int(syn["seed"]), int(syn["size"]))
+        val = synthetic_dataset(int(syn["n_val"]), int(syn["seed"]), int(syn["size"]), offset=int(syn["n_train"]))
+    elif data_cfg.get("val_source"):
+        train = read_source(source, data_cfg.get("split"))
+        val = read_source(str(data_cfg["val_source"]))
+    else:
+        full = read_source(source, data_cfg.get("split"))
+        train_idx, val_idx = split_by_group(full, float(data_cfg.get("val_fraction") or 0.0), seed)
+        train, val = Subset(full, train_idx), Subset(full, val_idx)
+    if len(train) == 0:
+        raise UserError(f"data source '{source}': no training samples (check the path, split and data.val_fraction)")
+    return train, val
+
+
+def sample_dict(sample: Any) -> dict[str, Any]:
+    """A sample's arrays as a dict: ``image`` (H, W, 3) uint8 and, when present, ``inst_map``,
+    ``type_map`` (H, W) int32 and ``labels`` (C,) int; plus ``name``."""
+    out: dict[str, Any] = {"name": _field(sample, "name") or ""}
+    for key in ("image", "inst_map", "type_map", "labels"):
+        value = _field(sample, key)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+class ImageView(Sequence):
+    """The ``image`` of each sample, read on access ((H, W, 3) uint8)."""
+
+    def __init__(self, samples: Any) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return sample_dict(self.samples[index])["image"]
+
+
+def build_train_dataset(family: Family, samples: Any, cfg: dict, cache_dir: Path | None = None) -> Any:
+    """The training dataset: a random ``data.patch_size`` crop of each sample, then the
+    ``data.augment`` pipeline (preset name or op list), then the family's target builder.
+
+    A target builder with a ``cache_key`` (expensive per-sample maps such as weight maps)
+    gets its pre-augmentation maps cached under ``cache_dir``."""
+    from loader.augment import build_augment, load_augment_preset
+    from loader.datasets import SampleDataset
+
+    spec = cfg["data"].get("augment")
+    ops = list(load_augment_preset(spec) if isinstance(spec, str) else spec or [])
+    patch = cfg["data"].get("patch_size")
+    if patch:
+        ops.insert(0, {"op": "crop", "size": [int(patch), int(patch)], "position": "random"})
+    size = int(cfg["infer"]["input_size"])
+    builder = family.target_builder()
+    cached = cache_dir is not None and getattr(builder, "cache_key", None) is not None
+    return SampleDataset(
+        samples,
+        augment=build_augment(ops, input_shape=(size, size)) if ops else None,
+        target_builder=builder,
+        seed=int(cfg["train"]["seed"]),
+        cache_dir=cache_dir if cached else None,
+    )
+
+
+def build_loader(dataset: Any, batch_size: int, info: DistInfo, seed: int, num_workers: int, device: torch.device) -> DataLoader:
+    """A DataLoader over this process's shard; call ``loader.sampler.set_epoch`` every epoch.
+
+    The order depends only on (seed, epoch); ``batch_size`` is per process.
+    """
+    from loader.datasets import seed_worker
+
+    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=False,
+        generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=seed_worker,
+    )

@@ -1,0 +1,42 @@
+"""Validation during training: whole images through the tiled inference and the family's
+post-processing and scores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.data import sample_dict
+from inference.predict import infer_image
+from metrics import mean_rows
+from models.base import Family
+
+OVERLAY_IMAGES = 3
+
+
+def validate(
+    family: Family, net: nn.Module, samples: Any, cfg: dict, device: torch.device, amp_dtype: torch.dtype | None,
+) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Score whole validation images with the tiled inference and post-processing of
+    ``infer.py``/``process.py`` (``inference.predict.infer_image``, ``family.postprocess`` at
+    ``infer.mag``), then ``family.evaluate``.
+
+    Returns:
+        The mean of every score over images (NaN scores skipped) and up to
+        :data:`OVERLAY_IMAGES` (H, W, 3) uint8 overlays for TensorBoard.
+    """
+    rows: list[dict[str, float]] = []
+    overlays: list[np.ndarray] = []
+    for sample in samples:
+        truth = sample_dict(sample)
+        raw = infer_image(family, net, truth["image"], device, amp_dtype=amp_dtype)
+        result = family.postprocess(raw, mag=cfg["infer"].get("mag"))
+        rows.append(family.evaluate(result, truth))
+        if len(overlays) < OVERLAY_IMAGES:
+            picture = family.overlay(truth["image"], result)
+            if picture is not None:
+                overlays.append(picture)
+    return {key: entry["mean"] for key, entry in mean_rows(rows).items()}, overlays
