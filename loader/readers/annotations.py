@@ -159,6 +159,27 @@ def _feature_rings(feature: dict, path: Path) -> list[tuple[np.ndarray, list[np.
         raise UserError(f"{path}: a {kind} feature has malformed coordinates") from None
 
 
+def geojson_polygons(path: str | os.PathLike) -> list[tuple[str | None, list[tuple[np.ndarray, list[np.ndarray]]]]]:
+    """The Polygon/MultiPolygon features of a GeoJSON file (QuPath export), unrasterised.
+
+    Returns:
+        One ``(class_name, parts)`` per feature in file order: ``class_name`` is
+        ``properties.classification.name`` (or a plain string classification; None without one),
+        ``parts`` a list of ``(exterior, holes)`` with (K, 2) float64 (x, y) vertices as stored
+        (level-0 pixel-corner coordinates for QuPath).
+
+    Raises:
+        UserError: unreadable file or malformed coordinates.
+    """
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: cannot be read as GeoJSON ({err})") from None
+    features = [(_feature_class(feature), _feature_rings(feature, path)) for feature in _geojson_features(content, path)]
+    return [(name, parts) for name, parts in features if parts]
+
+
 def read_geojson(
     path: str | os.PathLike, shape: tuple[int, int], class_names: Sequence[str] | None = None,
     vertex_offset: float = PIXEL_CORNER_OFFSET,
