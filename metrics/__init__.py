@@ -5,6 +5,7 @@ PanNuke (per image, per tissue, over tissues): :func:`pannuke_pq`.
 CoNIC (pooled over images): :func:`conic_mpq_plus`, :func:`conic_r2`.
 Detection/classification (pooled): :func:`type_f1`.
 Glands (per image): :func:`glas_object_metrics`. Semantic (accumulated): :func:`semantic_iou`.
+Binary regions (per image, averaged): :func:`region_scores`, :func:`mean_region_scores`.
 Aggregation of per-image rows: :func:`mean_rows`.
 """
 
@@ -20,20 +21,24 @@ from metrics.instance import (
     pq_counts,
     pq_per_class,
 )
+from metrics.region import REGION_KEYS, mean_region_scores, region_scores
 from metrics.semantic import semantic_iou
 
 __all__ = [
     "INSTANCE_KEYS",
+    "REGION_KEYS",
     "conic_mpq_plus",
     "conic_r2",
     "glas_object_metrics",
     "instance_stats",
+    "mean_region_scores",
     "mean_rows",
     "nanmean",
     "pair_centroids",
     "pannuke_pq",
     "pq_counts",
     "pq_per_class",
+    "region_scores",
     "semantic_iou",
     "type_f1",
 ]
