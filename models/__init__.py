@@ -22,6 +22,7 @@ from models.base import Family
 FAMILIES: dict[str, str] = {
     "hovernet": "models.hovernet.family:HoVerNetFamily",
     "fullnet": "models.fullnet.family:FullNetFamily",
+    "h2gnet": "models.h2gnet.family:H2GNetFamily",
 }
 PLUGINS_ENV = "HISTOSEG_PLUGINS"
 
