@@ -31,9 +31,6 @@ from metrics import mean_region_scores  # noqa: E402
 from misc.io import write_image  # noqa: E402
 from models.h2gnet.cascade import grid_points  # noqa: E402
 from models.h2gnet.family import H2GNetFamily  # noqa: E402
-from models.h2gnet.patches import DetectPatches, PatchTable, label_slide  # noqa: E402
-from models.h2gnet.refine_data import RefineSamples, make_example  # noqa: E402
-from models.h2gnet.tissue import slide_tissue  # noqa: E402
 from misc.synthetic import tile_seed  # noqa: E402
 
 MASK_DOWNSAMPLE = 16
@@ -63,11 +60,7 @@ def optimiser(net: torch.nn.Module, phase: dict, steps: int) -> tuple[torch.opti
 
 
 def train_detect(family: H2GNetFamily, net, slides, masks, phase: dict) -> None:
-    settings = family.patch_settings()
-    tissues = [slide_tissue(slide, float(family.cfg["data"]["tissue_mpp"])) for slide in slides]
-    table = PatchTable.concatenate([label_slide(i, s, m, t, settings) for i, (s, m, t) in enumerate(zip(slides, masks, tissues))])
-    data = DetectPatches(slides, table, settings.mpp, settings.size, augment=bool(family.cfg["data"]["detect"]["augment"]))
-    sampler = family.detect_sampler(table, int(phase["batch_size"]), int(phase["batches_per_epoch"]), seed=0)
+    data, sampler = family.detect_data(slides, masks, phase)
     epochs = int(phase["epochs"])
     adam, schedule = optimiser(net.detect, phase, epochs * len(sampler))
     for epoch in range(epochs):
@@ -82,15 +75,12 @@ def train_detect(family: H2GNetFamily, net, slides, masks, phase: dict) -> None:
             loss.backward()
             adam.step()
             schedule.step()
-        print(f"detect epoch {epoch + 1}/{epochs}: loss {float(loss.detach()):.3f} ({len(table)} patches, "
-              f"{table.label.mean():.2f} tumour)", file=sys.stderr)
+        print(f"detect epoch {epoch + 1}/{epochs}: loss {float(loss.detach()):.3f} ({len(data)} patches, "
+              f"{data.table.label.mean():.2f} tumour)", file=sys.stderr)
 
 
 def train_refine(family: H2GNetFamily, net, slides, masks, phase: dict) -> None:
-    settings = family.cascade_settings()
-    net.eval()
-    examples = [make_example(net.detect, s, m, slide_tissue(s, settings.tissue_mpp), settings) for s, m in zip(slides, masks)]
-    data = RefineSamples(examples, family.refine_augment())
+    data = family.refine_data(net, slides, masks)
     epochs = int(phase["epochs"])
     loader = DataLoader(data, batch_size=int(phase["batch_size"]), shuffle=True, generator=torch.Generator().manual_seed(0))
     adam, schedule = optimiser(net.refine, phase, epochs * len(loader))

@@ -377,6 +377,37 @@ def write_cohort(out_dir: str | os.PathLike, counts: dict[str, int], size: tuple
     return written
 
 
+def read_cohort(path: str | os.PathLike, split: str | None = None) -> tuple[dict, list[CohortSlide]]:
+    """A cohort written by :func:`write_cohort`: its record and its slides (paths made absolute).
+
+    Args:
+        split: keep only this split (``train``, ``val``, ``test``); None keeps all.
+
+    Raises:
+        UserError: unreadable file, missing keys or files, or an unknown split.
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+        slides = [CohortSlide(**entry) for entry in record["slides"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: not a cohort.json of loader.synthetic_tumour ({type(err).__name__}: {err})") from None
+    if split is not None:
+        splits = sorted({s.split for s in slides})
+        if split not in splits:
+            raise UserError(f"{path}: no split '{split}' (have {splits})")
+        slides = [s for s in slides if s.split == split]
+    root = path.parent
+    resolved = []
+    for entry in slides:
+        files = {key: str(root / getattr(entry, key)) for key in ("slide", "mask", "annotation")}
+        missing = [name for name in files.values() if not Path(name).is_file()]
+        if missing:
+            raise UserError(f"{path}: slide '{entry.name}' lacks {missing}")
+        resolved.append(CohortSlide(**{**vars(entry), **files}))
+    return record, resolved
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     """Write a synthetic tumour-slide cohort (pyramidal TIFFs, tumour masks, GeoJSON, cohort.json)."""

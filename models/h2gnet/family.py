@@ -15,6 +15,8 @@ embed_size, feature_batch}; ``infer`` {batch_size, threshold}; ``postproc`` {thr
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
@@ -29,9 +31,11 @@ from models.h2gnet.augment import RefineAugment
 from models.h2gnet.cascade import CascadeResult, CascadeSettings, run_cascade
 from models.h2gnet.loss import cluster_weighted_ce, soft_dice_loss
 from models.h2gnet.mobilenet import MobileNetV2, load_imagenet_weights
-from models.h2gnet.patches import DetectPatches, PatchSettings, PatchTable
+from models.h2gnet.patches import DetectPatches, PatchSettings, PatchTable, label_slide
+from models.h2gnet.refine_data import RefineSamples, cached_example, make_example
 from models.h2gnet.sampler import HierarchicalBatchSampler, kmeans
 from models.h2gnet.slides import SlideLike
+from models.h2gnet.tissue import slide_tissue
 from models.h2gnet.unet import INPUT_CHANNELS, RefineUNet
 
 STAGES = ("detect", "refine")
@@ -213,6 +217,54 @@ class H2GNetFamily(Family):
         data.clusters = clusters
         sampler.set_levels([data.table.slide, data.table.label, clusters])
         return clusters
+
+    def detect_data(self, slides: Sequence[SlideLike], annotations: Sequence[str | os.PathLike], phase: dict,
+                    seed: int = 0) -> tuple[DetectPatches, HierarchicalBatchSampler]:
+        """The detection stage's training set and its balanced batch sampler.
+
+        Args:
+            slides: the training slides.
+            annotations: per slide, its QuPath GeoJSON or whole-slide tumour mask image.
+            phase: the ``detect`` phase (``batch_size``, ``batches_per_epoch``).
+
+        Raises:
+            UserError: a bad annotation (see :func:`models.h2gnet.patches.tumour_polygons`), or no
+                candidate patch of one of the two classes over all slides.
+        """
+        if len(slides) != len(annotations) or not slides:
+            raise UserError(f"the detection stage needs one annotation per training slide; got {len(slides)} "
+                            f"slides and {len(annotations)} annotations")
+        settings = self.patch_settings()
+        tissue_mpp = float(self.cfg["data"]["tissue_mpp"])
+        table = PatchTable.concatenate([label_slide(i, slide, annotation, slide_tissue(slide, tissue_mpp), settings)
+                                        for i, (slide, annotation) in enumerate(zip(slides, annotations))])
+        counts = np.bincount(table.label, minlength=2)
+        if counts.min() == 0:
+            raise UserError(f"the training slides have {counts[0]} non-tumour and {counts[1]} tumour patches; "
+                            "the detection stage needs both (check the annotations and data.detect)")
+        data = DetectPatches(slides, table, settings.mpp, settings.size, bool(self.cfg["data"]["detect"]["augment"]), seed)
+        return data, self.detect_sampler(table, int(phase["batch_size"]), int(phase["batches_per_epoch"]), seed)
+
+    def refine_data(self, net: H2GNet, slides: Sequence[SlideLike], annotations: Sequence[str | os.PathLike],
+                    cache: str | os.PathLike | None = None, names: Sequence[str] | None = None,
+                    augment: bool = True, device: str | torch.device = "cpu") -> RefineSamples:
+        """The refinement stage's samples: each slide's thumbnail, heatmap of the trained
+        detector and true mask on the grid, cached as ``cache/<name>.npz`` when ``cache`` is given.
+
+        Args:
+            names: file stems for the cache, one per slide (default ``slide_<i>``).
+            augment: the published augmentations (training) or none (validation).
+        """
+        settings = self.cascade_settings()
+        classes = self.patch_settings().tumour_classes
+        names = list(names) if names is not None else [f"slide_{i:04d}" for i in range(len(slides))]
+        net.eval()
+        examples = []
+        for name, slide, annotation in zip(names, slides, annotations):
+            compute = lambda slide=slide, annotation=annotation: make_example(  # noqa: E731
+                net.detect, slide, annotation, slide_tissue(slide, settings.tissue_mpp), settings, classes, device)
+            examples.append(cached_example(Path(cache) / f"{name}.npz", compute) if cache is not None else compute())
+        return RefineSamples(examples, self.refine_augment() if augment else None, int(self.cfg["train"].get("seed", 0)))
 
     @staticmethod
     def check_refine_prerequisite(trained_stages: Sequence[str], source: str) -> None:

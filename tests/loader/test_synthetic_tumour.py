@@ -14,6 +14,7 @@ from loader.synthetic_tumour import (
     main,
     mask_geojson,
     pyramid_levels,
+    read_cohort,
     write_cohort,
     write_pyramid_tiff,
 )
@@ -111,3 +112,14 @@ def test_cohort_on_disk(tmp_path, capsys):
     assert (tmp_path / "c" / record["slides"][1]["annotation"]).is_file()
     with pytest.raises(UserError, match="outside"):
         write_cohort(tmp_path / "d", {"train": 1}, (100, 100))
+    record, tests = read_cohort(tmp_path / "c" / "cohort.json", "test")
+    assert record["mpp"] == 1.0 and [s.name for s in tests] == ["test_001"]
+    assert tests[0].slide == str(tmp_path / "c" / "slides" / "test_001.tif")
+    with pytest.raises(UserError, match=r"no split 'val' \(have \['test', 'train'\]\)"):
+        read_cohort(tmp_path / "c" / "cohort.json", "val")
+    (tmp_path / "c" / "masks" / "test_001.png").unlink()
+    with pytest.raises(UserError, match="lacks"):
+        read_cohort(tmp_path / "c" / "cohort.json")
+    (tmp_path / "e.json").write_text("{}")
+    with pytest.raises(UserError, match="not a cohort.json"):
+        read_cohort(tmp_path / "e.json")

@@ -94,6 +94,26 @@ def test_clusters_recomputed_into_dataset_and_sampler(slide):
     assert [family("sampler.recluster_every=2").reclusters_at(e) for e in range(5)] == [True, False, True, False, True]
 
 
+def test_detect_and_refine_training_sets(slide, tmp_path):
+    from misc.io import write_image
+
+    fam = family()
+    net = fam.build_network()
+    tumour = slide.masks(16)[1]
+    write_image(tmp_path / "t.png", np.repeat((tumour * 255).astype(np.uint8)[..., None], 3, axis=2))
+    phase = {"batch_size": 8, "batches_per_epoch": 2}
+    data, sampler = fam.detect_data([slide], [tmp_path / "t.png"], phase)
+    assert len(sampler) == 2 and set(np.unique(data.table.label)) == {0, 1}
+    write_image(tmp_path / "none.png", np.zeros(tumour.shape + (3,), np.uint8))
+    with pytest.raises(UserError, match=r"0 tumour patches"):
+        fam.detect_data([slide], [tmp_path / "none.png"], phase)
+    with pytest.raises(UserError, match="one annotation per training slide"):
+        fam.detect_data([slide], [], phase)
+    samples = fam.refine_data(net, [slide], [tmp_path / "t.png"], cache=tmp_path / "cache", names=["s0"])
+    assert len(samples) == 1 and (tmp_path / "cache" / "s0.npz").is_file() and samples.augment is not None
+    assert fam.refine_data(net, [slide], [tmp_path / "t.png"], augment=False).augment is None
+
+
 def test_refine_needs_a_detect_stage_first():
     with pytest.raises(UserError, match="python train.py --model h2gnet --stage detect"):
         H2GNetFamily.check_refine_prerequisite([], "runs/h2g/checkpoints/latest.pt")
