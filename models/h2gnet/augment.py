@@ -1,12 +1,25 @@
-"""The refinement stage's augmentations (the published ``batch_gen2`` keys).
+"""H2G-Net's augmentations (the published ``src/utils/batch_generator.py``, in its order).
 
-Geometric, applied identically to the thumbnail, the heatmap and the mask: ``rotate_ll``
-(k x 90 degree rotation, k uniform in 0..3) and ``flip`` (a random axis). Colour, on the
-thumbnail only: ``hsv`` (hue shifted by up to +-``hue`` on OpenCV's 0-180 scale, cyclic;
-saturation shifted by up to +-``saturation`` on 0-255), ``gamma`` (``rgb ** g``, g uniform in a
-range) and ``mult`` (multiplicative brightness, factor uniform in a range, clipped to 1). Every
-operation is applied with probability ``p``. The heatmap is never interpolated (90 degree
-rotations and flips move whole pixels), so it keeps its nearest-neighbour values.
+Geometric, applied identically to the image, the heatmap and the mask:
+
+- ``rotate`` (``rotate_ll``): rotation by k x 90 degrees, k uniform in 0..3;
+- ``flip``: with probability 0.5, a flip along a random axis.
+
+Colour, on the RGB image only, in OpenCV's HSV space:
+
+- ``hsv``: hue shifted by a uniform amount in [-hsv, hsv] (OpenCV's 0-180 scale, cyclic) and
+  saturation by another in the same range (0-255 scale, clipped);
+- ``gamma``: value channel ``V <- 255 (V / 255) ** g``, g uniform in the range (the published
+  code raises the 0-255 value itself to the power, which saturates or blackens the image for any
+  g away from 1; we apply gamma to the normalised value);
+- ``mult``: value channel multiplied by a factor uniform in the range, clipped.
+
+Each is applied when configured (``null`` turns it off). The published code converts through
+uint8 for every colour step; here the HSV arithmetic stays in float. The heatmap is never
+interpolated (rotations and flips move whole pixels). The published refinement run used
+``rotate_ll``, ``flip``, ``mult [0.8, 1.2]`` and a Macenko stain augmentation (staintools; not
+built here); its patch classifier's data used ``rotate_ll``, ``flip``, ``hsv 20`` and
+``mult [0.8, 1.2]``.
 """
 
 from __future__ import annotations
@@ -20,54 +33,85 @@ from misc.errors import UserError
 
 
 @dataclass(frozen=True)
-class RefineAugment:
-    """Augmentation settings (``train.refine.augment`` in ``opt/h2gnet.yaml``).
+class Augment:
+    """Augmentation settings (``data.refine_augment`` / ``data.detect.augment`` in ``opt/h2gnet.yaml``).
 
     Attributes:
-        p: probability of each operation.
-        hue: maximum hue shift, OpenCV units (0-180 = 0-360 degrees).
-        saturation: maximum saturation shift, 0-255 units.
-        gamma: (low, high) range of the gamma exponent.
-        brightness: (low, high) range of the multiplicative brightness factor.
+        rotate: random k x 90 degree rotations.
+        flip: random flips (probability 0.5, random axis).
+        hsv: maximum hue (0-180 scale) and saturation (0-255) shift, or None.
+        gamma: (low, high) range of the value-channel gamma, or None.
+        mult: (low, high) range of the value-channel multiplier, or None.
     """
 
-    p: float = 0.5
-    hue: float = 10.0
-    saturation: float = 20.0
-    gamma: tuple[float, float] = (0.7, 1.4)
-    brightness: tuple[float, float] = (0.8, 1.2)
+    rotate: bool = True
+    flip: bool = True
+    hsv: float | None = 20.0
+    gamma: tuple[float, float] | None = None
+    mult: tuple[float, float] | None = (0.8, 1.2)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.p <= 1:
-            raise UserError(f"refine augmentation p {self.p} is outside [0, 1]")
-        for name, (low, high) in (("gamma", self.gamma), ("brightness", self.brightness)):
-            if not 0 < low <= high:
-                raise UserError(f"refine augmentation {name} range ({low}, {high}) must satisfy 0 < low <= high")
+        if self.hsv is not None and not 0 <= self.hsv <= 180:
+            raise UserError(f"augmentation hsv {self.hsv} is outside [0, 180]")
+        for name in ("gamma", "mult"):
+            limits = getattr(self, name)
+            if limits is not None and not (len(limits) == 2 and 0 < limits[0] <= limits[1]):
+                raise UserError(f"augmentation {name} {limits} must be [low, high] with 0 < low <= high (or null)")
 
     @classmethod
-    def from_config(cls, options: dict | None) -> "RefineAugment":
+    def from_config(cls, options: dict | None) -> "Augment":
         """Settings from a YAML mapping (missing keys keep their defaults)."""
         options = dict(options or {})
-        for key in ("gamma", "brightness"):
-            if key in options:
-                options[key] = tuple(float(v) for v in options[key])
         unknown = sorted(set(options) - set(cls.__dataclass_fields__))
         if unknown:
-            raise UserError(f"unknown refine augmentation keys {unknown}; expected {sorted(cls.__dataclass_fields__)}")
+            raise UserError(f"unknown augmentation keys {unknown}; expected {sorted(cls.__dataclass_fields__)}")
+        for key in ("gamma", "mult"):
+            if options.get(key) is not None:
+                options[key] = tuple(float(v) for v in options[key])
         return cls(**options)
 
+    @property
+    def colour(self) -> bool:
+        """Whether any colour operation is on."""
+        return self.hsv is not None or self.gamma is not None or self.mult is not None
 
-def shift_hsv(rgb: np.ndarray, hue: float, saturation: float) -> np.ndarray:
-    """(H, W, 3) float32 RGB in 0-1 with hue shifted by ``hue`` (0-180 scale, cyclic) and
-    saturation by ``saturation`` (0-255 scale, clipped)."""
+
+def shift_colour(rgb: np.ndarray, hue: float = 0.0, saturation: float = 0.0, gamma: float = 1.0,
+                 mult: float = 1.0) -> np.ndarray:
+    """(H, W, 3) float32 RGB in 0-1 after, in HSV: hue + ``hue`` (0-180 scale, cyclic), saturation
+    + ``saturation`` (0-255 scale), value ``** gamma`` (normalised) then ``* mult`` (each clipped)."""
     hsv = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2HSV)  # H 0-360, S, V 0-1
     hsv[..., 0] = (hsv[..., 0] + 2.0 * hue) % 360.0
     hsv[..., 1] = np.clip(hsv[..., 1] + saturation / 255.0, 0.0, 1.0)
+    hsv[..., 2] = np.clip(np.power(hsv[..., 2], np.float32(gamma)) * np.float32(mult), 0.0, 1.0)
     return np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0.0, 1.0)
 
 
+def _geometry(arrays: list[np.ndarray], rng: np.random.Generator, settings: Augment) -> list[np.ndarray]:
+    """The same random rotation and flip of every (H, W, ...) array."""
+    if settings.rotate:
+        k = int(rng.integers(4))
+        arrays = [np.rot90(a, k, axes=(0, 1)) for a in arrays]
+    if settings.flip and rng.random() < 0.5:
+        axis = int(rng.integers(2))
+        arrays = [np.flip(a, axis=axis) for a in arrays]
+    return [np.ascontiguousarray(a) for a in arrays]
+
+
+def _colour(rgb: np.ndarray, rng: np.random.Generator, settings: Augment) -> np.ndarray:
+    """``rgb`` (float32 0-1) with the configured colour operations drawn from ``rng``."""
+    if not settings.colour:
+        return rgb
+    hue = saturation = 0.0
+    if settings.hsv is not None:
+        hue, saturation = (float(v) for v in rng.uniform(-settings.hsv, settings.hsv, 2))
+    gamma = float(rng.uniform(*settings.gamma)) if settings.gamma is not None else 1.0
+    mult = float(rng.uniform(*settings.mult)) if settings.mult is not None else 1.0
+    return shift_colour(rgb, hue, saturation, gamma, mult)
+
+
 def augment_refine(rgb: np.ndarray, heatmap: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-                   settings: RefineAugment = RefineAugment()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   settings: Augment = Augment()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One augmented refinement sample.
 
     Args:
@@ -81,17 +125,14 @@ def augment_refine(rgb: np.ndarray, heatmap: np.ndarray, mask: np.ndarray, rng: 
     """
     if rgb.shape[:2] != heatmap.shape or heatmap.shape != mask.shape:
         raise UserError(f"refinement sample shapes differ: rgb {rgb.shape}, heatmap {heatmap.shape}, mask {mask.shape}")
-    if rng.random() < settings.p:
-        k = int(rng.integers(4))
-        rgb, heatmap, mask = (np.rot90(a, k, axes=(0, 1)) for a in (rgb, heatmap, mask))
-    if rng.random() < settings.p:
-        axis = int(rng.integers(2))
-        rgb, heatmap, mask = (np.flip(a, axis=axis) for a in (rgb, heatmap, mask))
-    rgb = np.ascontiguousarray(rgb, dtype=np.float32)
-    if rng.random() < settings.p:
-        rgb = shift_hsv(rgb, rng.uniform(-settings.hue, settings.hue), rng.uniform(-settings.saturation, settings.saturation))
-    if rng.random() < settings.p:
-        rgb = np.power(rgb, np.float32(rng.uniform(*settings.gamma)))
-    if rng.random() < settings.p:
-        rgb = np.clip(rgb * np.float32(rng.uniform(*settings.brightness)), 0.0, 1.0)
-    return rgb.astype(np.float32, copy=False), np.ascontiguousarray(heatmap), np.ascontiguousarray(mask)
+    rgb, heatmap, mask = _geometry([rgb, heatmap, mask], rng, settings)
+    return _colour(rgb.astype(np.float32, copy=False), rng, settings), heatmap, mask
+
+
+def augment_patch(patch: np.ndarray, rng: np.random.Generator, settings: Augment = Augment()) -> np.ndarray:
+    """One augmented detection patch: (P, P, 3) uint8 RGB in, (P, P, 3) uint8 RGB out."""
+    patch = _geometry([patch], rng, settings)[0]
+    if not settings.colour:
+        return patch
+    rgb = _colour(patch.astype(np.float32) / 255.0, rng, settings)
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)

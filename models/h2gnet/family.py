@@ -7,10 +7,11 @@ segmentation in two stages, one network each, held in one module (one checkpoint
 - Stage ``refine``: a U-Net on the 4-channel refinement grid (thumbnail RGB 0-1 + heatmap),
   two-class softmax, trained with soft Dice on the tumour class and the published augmentations.
 
-Configuration (``opt/h2gnet.yaml``): ``model`` {detect {width, pretrained}, refine {widths,
-dropout, grid}}; ``data`` {detect {mpp, size, points, min_tissue, label_threshold,
-tumour_classes}, tissue_mpp, refine_augment}; ``sampler`` {clusters, recluster_every,
-embed_size, feature_batch}; ``infer`` {batch_size, threshold}; ``postproc`` {threshold}.
+Configuration (``opt/h2gnet.yaml``): ``model`` {detect {width, hidden, dropout, pretrained},
+refine {widths, encoder_dropout, decoder_dropout, grid}}; ``data`` {detect {mpp, size, points,
+min_tissue, label_threshold, tumour_classes, augment}, tissue_mpp, refine_augment}; ``sampler``
+{clusters, recluster_every, embed_size, feature_batch, pca_variance}; ``infer`` {batch_size,
+threshold}; ``postproc`` {threshold}.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from torch import nn
 from metrics.region import region_scores
 from misc.errors import UserError
 from models.base import Family
-from models.h2gnet.augment import RefineAugment
+from models.h2gnet.augment import Augment
 from models.h2gnet.cascade import CascadeResult, CascadeSettings, run_cascade
 from models.h2gnet.loss import cluster_weighted_ce, soft_dice_loss
 from models.h2gnet.mobilenet import MobileNetV2, load_imagenet_weights
 from models.h2gnet.patches import DetectPatches, PatchSettings, PatchTable, label_slide
 from models.h2gnet.refine_data import RefineSamples, cached_example, make_example
-from models.h2gnet.sampler import HierarchicalBatchSampler, kmeans
+from models.h2gnet.sampler import HierarchicalBatchSampler, kmeans, standardise_pca
 from models.h2gnet.slides import SlideLike
 from models.h2gnet.tissue import slide_tissue
 from models.h2gnet.unet import INPUT_CHANNELS, RefineUNet
@@ -88,10 +89,13 @@ class H2GNetFamily(Family):
         ``model.detect.pretrained`` names a file."""
         model = self.cfg["model"]
         detect_cfg, refine_cfg = model["detect"], model["refine"]
-        detector = MobileNetV2(num_classes=2, width=float(detect_cfg.get("width", 1.0)))
+        hidden = detect_cfg.get("hidden")
+        detector = MobileNetV2(num_classes=2, width=float(detect_cfg.get("width", 1.0)),
+                               hidden=None if hidden is None else int(hidden), head_dropout=float(detect_cfg.get("dropout", 0.5)))
         if detect_cfg.get("pretrained"):
             load_imagenet_weights(detector, detect_cfg["pretrained"])
-        refiner = RefineUNet(refine_cfg["widths"], classes=2, dropout=float(refine_cfg.get("dropout", 0.0)))
+        refiner = RefineUNet(refine_cfg["widths"], classes=2, encoder_dropout=float(refine_cfg.get("encoder_dropout") or 0.0),
+                             decoder_dropout=float(refine_cfg.get("decoder_dropout") or 0.0))
         grid = int(refine_cfg["grid"])
         if grid % refiner.multiple:
             raise UserError(f"model.refine.grid {grid} is not a multiple of {refiner.multiple} "
@@ -175,9 +179,14 @@ class H2GNetFamily(Family):
                                tissue_mpp=float(self.cfg["data"]["tissue_mpp"]), grid=int(self.cfg["model"]["refine"]["grid"]),
                                batch_size=int(infer.get("batch_size", 32)), threshold=float(infer.get("threshold", 0.5)))
 
-    def refine_augment(self) -> RefineAugment:
+    def refine_augment(self) -> Augment:
         """The refinement augmentations from ``data.refine_augment``."""
-        return RefineAugment.from_config(self.cfg["data"].get("refine_augment"))
+        return Augment.from_config(self.cfg["data"].get("refine_augment"))
+
+    def detect_augment(self) -> Augment | None:
+        """The detection patches' augmentations from ``data.detect.augment`` (None: off)."""
+        options = self.cfg["data"]["detect"].get("augment")
+        return None if options is None else Augment.from_config(options)
 
     # --- stage helpers ----------------------------------------------------------------------
 
@@ -195,7 +204,9 @@ class H2GNetFamily(Family):
     def update_clusters(self, detector: MobileNetV2, data: DetectPatches, sampler: HierarchicalBatchSampler,
                         seed: int = 0) -> np.ndarray:
         """K-means over the detector's pooled features of every candidate patch (downsized to
-        ``sampler.embed_size`` px); the new clusters go to the dataset and the sampler.
+        ``sampler.embed_size`` px), standardised and reduced by PCA to ``sampler.pca_variance``
+        of their variance as in the published clustering model; the new clusters go to the
+        dataset and the sampler.
 
         Returns:
             (N,) int64 cluster ids.
@@ -213,7 +224,8 @@ class H2GNetFamily(Family):
                 images = F.interpolate(images, size=(size, size), mode="area")
             features.append(detector.embed(images).float().cpu())
         detector.train(was_training)
-        clusters = kmeans(torch.cat(features), int(options["clusters"]), seed=seed).numpy()
+        projected = standardise_pca(torch.cat(features), options.get("pca_variance"))
+        clusters = kmeans(projected, int(options["clusters"]), seed=seed).numpy()
         data.clusters = clusters
         sampler.set_levels([data.table.slide, data.table.label, clusters])
         return clusters
@@ -242,7 +254,7 @@ class H2GNetFamily(Family):
         if counts.min() == 0:
             raise UserError(f"the training slides have {counts[0]} non-tumour and {counts[1]} tumour patches; "
                             "the detection stage needs both (check the annotations and data.detect)")
-        data = DetectPatches(slides, table, settings.mpp, settings.size, bool(self.cfg["data"]["detect"]["augment"]), seed)
+        data = DetectPatches(slides, table, settings.mpp, settings.size, self.detect_augment(), seed)
         return data, self.detect_sampler(table, int(phase["batch_size"]), int(phase["batches_per_epoch"]), seed)
 
     def refine_data(self, net: H2GNet, slides: Sequence[SlideLike], annotations: Sequence[str | os.PathLike],

@@ -13,7 +13,9 @@ loads into ``MobileNetV2(num_classes=1000)`` with ``strict=True`` and no renamin
   in = out channels;
 - ``features.18``: 1x1 conv 320 -> 1280 + BN + ReLU6;
 - ``classifier``: ``Dropout(0.2)`` (``classifier.0``) then ``Linear(1280, num_classes)``
-  (``classifier.1``).
+  (``classifier.1``); or, with ``hidden`` set, H2G-Net's published head (``get_classifier`` in
+  ``src/architectures/classifiers.py``): ``Linear(1280, hidden)`` -> ReLU -> ``Dropout(0.5)`` ->
+  ``Linear(hidden, num_classes)`` (hidden 100).
 
 Pretrained weights (:func:`imagenet_state`): every ``features.*`` entry is taken by its own name;
 the 1000-class ``classifier.1.*`` entries are dropped and H2G-Net's 2-class head keeps its fresh
@@ -92,9 +94,12 @@ class MobileNetV2(nn.Module):
     Args:
         num_classes: logits per image (1000 for ImageNet; H2G-Net: 2, non-tumour / tumour).
         width: channel multiplier (1.0 = published; other values cannot take ImageNet weights).
+        hidden: None for torchvision's head; else the width of H2G-Net's hidden dense layer (100).
+        head_dropout: dropout before the last linear layer of H2G-Net's head (0.5).
     """
 
-    def __init__(self, num_classes: int = 2, width: float = 1.0) -> None:
+    def __init__(self, num_classes: int = 2, width: float = 1.0, hidden: int | None = None,
+                 head_dropout: float = 0.5) -> None:
         super().__init__()
         if not 0 < width <= 4:
             raise UserError(f"model.detect.width {width} is outside (0, 4]; 1.0 is the published MobileNetV2")
@@ -108,7 +113,11 @@ class MobileNetV2(nn.Module):
                 inp = out
         layers.append(conv_bn_relu6(inp, self.last_channels, kernel=1))
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Dropout(DROPOUT), nn.Linear(self.last_channels, num_classes))
+        if hidden is None:
+            self.classifier = nn.Sequential(nn.Dropout(DROPOUT), nn.Linear(self.last_channels, num_classes))
+        else:
+            self.classifier = nn.Sequential(nn.Linear(self.last_channels, int(hidden)), nn.ReLU(inplace=True),
+                                            nn.Dropout(head_dropout), nn.Linear(int(hidden), num_classes))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0, persistent=False)
         self._initialise()

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from loader.readers.annotations import geojson_polygons
 from misc.errors import UserError
 from misc.io import read_image, read_label
+from models.h2gnet.augment import Augment, augment_patch
 from models.h2gnet.slides import SlideLike, SlideViewLike, level0_shape
 
 #: QuPath's built-in tumour class and its common spellings.
@@ -225,7 +226,7 @@ class DetectPatches(Dataset):
         slides: the slides (indexed by ``table.slide``).
         table: the patches.
         mpp, size: the patch grid's resolution and side (px).
-        augment: random dihedral transform (flips and 90 degree rotations) of every patch.
+        augment: the patch augmentations (rotations, flips, colour; see :mod:`models.h2gnet.augment`), or None.
         seed: augmentation seed; sample i of epoch e uses ``(seed, e, i)``.
 
     A sample is ``{'image': (3, size, size) float32 RGB 0-255, 'label': int64, 'cluster': int64}``
@@ -233,7 +234,7 @@ class DetectPatches(Dataset):
     """
 
     def __init__(self, slides: Sequence[SlideLike], table: PatchTable, mpp: float, size: int,
-                 augment: bool = False, seed: int = 0) -> None:
+                 augment: Augment | None = None, seed: int = 0) -> None:
         self.slides, self.table, self.mpp, self.size = list(slides), table, float(mpp), int(size)
         self.augment, self.seed, self.epoch = augment, int(seed), 0
         self.clusters = np.zeros(len(table), np.int64)
@@ -259,9 +260,8 @@ class DetectPatches(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image = self.patch(i)
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, int(i)])
-            image = np.rot90(image[:, ::-1] if rng.random() < 0.5 else image, int(rng.integers(4)))
+        if self.augment is not None:
+            image = augment_patch(image, np.random.default_rng([self.seed, self.epoch, int(i)]), self.augment)
         chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
         return {"image": chw, "label": torch.tensor(int(self.table.label[i])), "cluster": torch.tensor(int(self.clusters[i]))}
 

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from misc.errors import UserError
 from misc.io import atomic_path
-from models.h2gnet.augment import RefineAugment, augment_refine
+from models.h2gnet.augment import Augment, augment_refine
 from models.h2gnet.cascade import CascadeSettings, detect_heatmap, heatmap_on_grid, thumbnail_on_grid, truth_on_grid
 from models.h2gnet.patches import TUMOUR_CLASSES
 from models.h2gnet.slides import SlideLike, level0_shape
@@ -92,7 +92,7 @@ class RefineSamples(Dataset):
     A sample is ``{'image': (4, S, S) float32 [R, G, B in 0-1, heatmap], 'mask': (S, S) int64}``.
     """
 
-    def __init__(self, examples: Sequence[RefineExample], augment: RefineAugment | None = None, seed: int = 0) -> None:
+    def __init__(self, examples: Sequence[RefineExample], augment: Augment | None = None, seed: int = 0) -> None:
         if not examples:
             raise UserError("the refinement stage has no training slides")
         self.examples, self.augment, self.seed, self.epoch = list(examples), augment, int(seed), 0

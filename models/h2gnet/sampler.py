@@ -22,6 +22,33 @@ from misc.errors import UserError
 KMEANS_ITERATIONS = 50
 
 
+def standardise_pca(features: torch.Tensor, variance: float | None) -> torch.Tensor:
+    """Features standardised per dimension and projected on their principal components.
+
+    The published clustering model chains the same steps (``src/utils/clustering.py``:
+    standardiser, PCA, k-means assignment).
+
+    Args:
+        features: (N, D) float.
+        variance: keep the fewest leading components explaining at least this fraction of the
+            variance (in (0, 1]); None: standardise only.
+
+    Returns:
+        (N, K) float64, K <= D.
+    """
+    x = features.detach().double().cpu()
+    std = x.std(dim=0, unbiased=False)
+    x = (x - x.mean(dim=0)) / torch.where(std > 0, std, torch.ones_like(std))
+    if variance is None:
+        return x
+    if not 0 < variance <= 1:
+        raise UserError(f"sampler.pca_variance {variance} is outside (0, 1]")
+    _, singular, basis = torch.linalg.svd(x, full_matrices=False)
+    explained = torch.cumsum(singular**2, 0) / (singular**2).sum().clamp(min=1e-300)
+    keep = int(torch.searchsorted(explained, torch.tensor(variance, dtype=explained.dtype) - 1e-12)) + 1
+    return x @ basis[: min(keep, len(singular))].T
+
+
 def kmeans(features: torch.Tensor, k: int, seed: int = 0, iterations: int = KMEANS_ITERATIONS) -> torch.Tensor:
     """Lloyd's k-means with k-means++ seeding.
 

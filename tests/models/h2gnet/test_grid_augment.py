@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from misc.errors import UserError
-from models.h2gnet.augment import RefineAugment, augment_refine, shift_hsv
+from models.h2gnet.augment import Augment, augment_patch, augment_refine, shift_colour
 from models.h2gnet.grid import Placement, from_grid, to_grid
 
 
@@ -46,27 +46,51 @@ def sample(size: int = 16):
     return rgb, heat, mask
 
 
-def test_geometry_moves_all_three_alike_and_colour_touches_rgb_only():
+GEOMETRY_ONLY = Augment(rotate=True, flip=True, hsv=None, gamma=None, mult=None)
+
+
+def test_geometry_moves_all_three_alike_and_covers_the_dihedral_group():
     rgb, heat, mask = sample()
-    settings = RefineAugment(p=1.0, hue=0.0, saturation=0.0, gamma=(1.0, 1.0), brightness=(1.0, 1.0))
-    out_rgb, out_heat, out_mask = augment_refine(rgb, heat, mask, np.random.default_rng(5), settings)
-    assert np.array_equal(out_mask, (out_heat > 0.5).astype(np.int64))   # the mask follows the heatmap
-    assert np.allclose(np.sort(out_heat.ravel()), np.sort(heat.ravel()))
-    # the RGB moved with them: its per-pixel link to the heatmap survives
-    index = np.argmax(heat)
-    assert np.allclose(out_rgb[out_heat == heat.ravel()[index]], rgb.reshape(-1, 3)[index], atol=1e-5)
-    colour = RefineAugment(p=1.0, gamma=(2.0, 2.0), brightness=(1.0, 1.0), hue=0.0, saturation=0.0)
-    rng = np.random.default_rng(0)
-    out_rgb, out_heat, _ = augment_refine(rgb, heat, mask, rng, colour)
+    seen = set()
+    for seed in range(40):
+        out_rgb, out_heat, out_mask = augment_refine(rgb, heat, mask, np.random.default_rng(seed), GEOMETRY_ONLY)
+        assert np.array_equal(out_mask, (out_heat > 0.5).astype(np.int64))    # the mask follows the heatmap
+        index = np.argmax(heat)                                                  # so does the RGB, pixel by pixel
+        assert np.array_equal(out_rgb[out_heat == heat.ravel()[index]][0], rgb.reshape(-1, 3)[index])
+        seen.add(out_heat.tobytes())
+    assert len(seen) == 8          # 4 rotations x (flip or not): the 8 dihedral transforms
+
+
+def test_colour_operations_touch_the_rgb_only():
+    rgb, heat, mask = sample()
+    colour = Augment(rotate=False, flip=False, hsv=20.0, gamma=(0.8, 1.25), mult=(0.8, 1.2))
+    out_rgb, out_heat, out_mask = augment_refine(rgb, heat, mask, np.random.default_rng(0), colour)
+    assert np.array_equal(out_heat, heat) and np.array_equal(out_mask, mask)
     assert out_rgb.dtype == np.float32 and 0 <= out_rgb.min() and out_rgb.max() <= 1
+    assert not np.allclose(out_rgb, rgb)
 
 
-def test_hsv_shift_is_cyclic_and_gamma_range_checked():
+def test_hsv_gamma_and_mult_by_hand():
     red = np.zeros((2, 2, 3), np.float32)
     red[..., 0] = 1.0
-    assert np.allclose(shift_hsv(red, 60.0, 0.0), [0.0, 1.0, 0.0], atol=1e-5)       # red + 120 degrees = green
-    assert np.allclose(shift_hsv(red, 180.0, 0.0), red, atol=1e-5)              # a full turn
+    assert np.allclose(shift_colour(red, hue=60.0), [0.0, 1.0, 0.0], atol=1e-5)     # red + 120 degrees = green
+    assert np.allclose(shift_colour(red, hue=180.0), red, atol=1e-5)                 # a full turn
+    grey = np.full((1, 1, 3), 0.25, np.float32)
+    assert np.allclose(shift_colour(grey, gamma=0.5), 0.5, atol=1e-6)                # value 0.25 ** 0.5
+    assert np.allclose(shift_colour(grey, mult=2.0), 0.5, atol=1e-6)
+    assert np.allclose(shift_colour(grey, mult=8.0), 1.0, atol=1e-6)                 # clipped
+    pink = np.array([[[1.0, 0.5, 0.5]]], np.float32)                                 # saturation 0.5
+    assert np.allclose(shift_colour(pink, saturation=-127.5), 1.0, atol=1e-5)        # saturation 0: white
+
+
+def test_patch_augmentation_and_settings():
+    patch = (np.arange(8 * 8 * 3) % 256).astype(np.uint8).reshape(8, 8, 3)
+    out = augment_patch(patch, np.random.default_rng(3), GEOMETRY_ONLY)
+    assert out.dtype == np.uint8 and sorted(out.ravel()) == sorted(patch.ravel())
+    coloured = augment_patch(patch, np.random.default_rng(3), Augment())
+    assert coloured.shape == patch.shape and coloured.dtype == np.uint8
     with pytest.raises(UserError, match="gamma"):
-        RefineAugment(gamma=(1.5, 1.0))
+        Augment(gamma=(1.5, 1.0))
     with pytest.raises(UserError, match="unknown"):
-        RefineAugment.from_config({"hue": 5, "rotate": True})
+        Augment.from_config({"hue": 5})
+    assert Augment.from_config({"mult": [0.9, 1.1], "gamma": None}).mult == (0.9, 1.1)

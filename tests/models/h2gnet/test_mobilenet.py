@@ -54,6 +54,15 @@ def test_missing_or_unreadable_file(tmp_path):
         load_imagenet_weights(MobileNetV2(), tmp_path / "junk.pth")
 
 
+def test_published_h2gnet_head(mobilenet_fixture, tmp_path):
+    net = MobileNetV2(num_classes=2, hidden=100)
+    head = [type(m).__name__ for m in net.classifier]
+    assert head == ["Linear", "ReLU", "Dropout", "Linear"] and net.classifier[0].out_features == 100
+    assert net.classifier[2].p == 0.5
+    net.load_state_dict(imagenet_state(net, zero_state(mobilenet_fixture["state"])), strict=True)
+    assert net.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
+
+
 def test_embedding_and_width():
     net = MobileNetV2(num_classes=2, width=0.35).eval()
     features = net.embed(torch.rand(3, 3, 32, 32) * 255)

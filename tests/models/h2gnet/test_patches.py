@@ -11,6 +11,7 @@ import torch
 from loader.synthetic_tumour import TumourSlide, mask_geojson
 from misc.errors import UserError
 from misc.io import write_image
+from models.h2gnet.augment import Augment
 from models.h2gnet.patches import (
     DetectPatches,
     PatchGrid,
@@ -108,7 +109,7 @@ def test_mask_of_another_aspect_ratio(slide, tmp_path):
 def test_dataset_reads_patches_with_labels_and_clusters(slide):
     table = PatchTable.concatenate([PatchTable.from_fractions(0, np.eye(3, dtype=np.float32), np.ones((3, 3)), 0.5, 0.5)])
     assert table.label.tolist() == [1, 0, 0, 0, 1, 0, 0, 0, 1]
-    data = DetectPatches([slide], table, 2.0, 32, augment=True)
+    data = DetectPatches([slide], table, 2.0, 32, augment=Augment(hsv=None, mult=None))
     data.clusters[:] = 4
     sample = data[4]
     assert sample["image"].shape == (3, 32, 32) and sample["image"].dtype == torch.float32

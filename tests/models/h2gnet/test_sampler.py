@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from misc.errors import UserError
-from models.h2gnet.sampler import HierarchicalBatchSampler, kmeans
+from models.h2gnet.sampler import HierarchicalBatchSampler, kmeans, standardise_pca
 
 
 def hierarchy() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,3 +73,18 @@ def test_kmeans_recovers_separated_blobs():
     pairs = {(int(t), int(f)) for t, f in zip(truth, found)}
     assert len(pairs) == 3 and len({f for _, f in pairs}) == 3
     assert kmeans(points[:2], 10).max() <= 1
+
+
+def test_standardise_pca_keeps_the_variance_asked_for():
+    rng = np.random.default_rng(0)
+    signal = rng.normal(0, 1, (200, 2))
+    mixed = np.concatenate([signal @ rng.normal(0, 1, (2, 6)), 1e-3 * rng.normal(0, 1, (200, 4))], axis=1)
+    features = torch.from_numpy(mixed * np.array([1, 10, 100, 1, 1, 1, 1, 1, 1, 1.0]))
+    # standardised: 6 columns of rank 2 (variance 6 in two components) + 4 unit-variance noise columns
+    assert standardise_pca(features, 0.59).shape[1] == 2
+    full = standardise_pca(features, None)
+    assert full.shape == (200, 10)
+    assert np.allclose(full.mean(0).numpy(), 0, atol=1e-9) and np.allclose(full.std(0, unbiased=False).numpy(), 1)
+    assert standardise_pca(features, 1.0).shape[1] == 6        # the rank: no zero-variance components
+    with pytest.raises(UserError, match="pca_variance"):
+        standardise_pca(features, 1.5)

@@ -21,10 +21,15 @@ def test_shapes_and_levels():
     assert all(p.grad is not None for p in net.parameters())
 
 
-def test_published_depth_fits_a_1024_grid():
-    net = RefineUNet([16, 32, 32, 64, 64, 128, 128, 256, 256])
+def test_published_network_fits_a_1024_grid():
+    net = RefineUNet([8, 16, 32, 64, 128, 128, 256, 256, 512], decoder_dropout=0.1)
     assert net.multiple == 256 and 1024 // net.multiple == 4
     assert len(net.decoder) == 8
+    # decoder channels mirror the encoder's (published 256, 256, 128, 128, 64, 32, 16, 8 from the bottom up)
+    assert [block[0].out_channels for block in reversed(net.decoder)] == [256, 256, 128, 128, 64, 32, 16, 8]
+    assert net.decoder[7][0].in_channels == 256 + 512                  # [skip, upsampled bottom]
+    assert not any(isinstance(m, torch.nn.Dropout2d) for m in net.encoder.modules())
+    assert sum(isinstance(m, torch.nn.Dropout2d) for m in net.decoder.modules()) == 16
 
 
 def test_side_not_a_multiple_is_an_error():
@@ -32,3 +37,5 @@ def test_side_not_a_multiple_is_an_error():
         RefineUNet([4, 8, 8])(torch.rand(1, 4, 30, 32))
     with pytest.raises(UserError, match="at least 2"):
         RefineUNet([4])
+    with pytest.raises(UserError, match="decoder_dropout"):
+        RefineUNet([4, 8], decoder_dropout=1.0)
