@@ -29,10 +29,13 @@ def cluster_weighted_ce(logits: torch.Tensor, labels: torch.Tensor, clusters: to
     """Cluster-weighted cross-entropy of one batch.
 
     For each class c present in the batch, with n_ck its samples in cluster k and K_c the
-    clusters among them: ``L_c = (1 / K_c) sum_k (1 / n_ck) sum_{i in c, k} -log p_i[c]``;
-    the loss is the mean of ``L_c`` over the classes present. A class or cluster absent from the
-    batch contributes nothing (the published code's zero counts, set to 1 to avoid 0 / 0).
-    Probabilities are softmax outputs clipped to [epsilon, 1 - epsilon].
+    clusters among them: ``L_c = (1 / K_c) sum_k (1 / n_ck) sum_{i in c, k} l_i`` with the
+    cross-entropy ``l_i = -sum_c' t_ic' log p_ic'`` of the one-hot truth clipped like the
+    probabilities to [epsilon, 1 - epsilon] (as published); the loss is the mean of ``L_c`` over
+    the classes present. A cluster absent from a class adds nothing (the published zero counts,
+    set to 1). The published code divides by all classes, and an absent class gives 0 / 0 there;
+    here it is left out, which is the same whenever every class is in the batch (the balanced
+    sampler makes sure of it).
 
     Args:
         logits: (N, C) float class logits.
@@ -45,8 +48,9 @@ def cluster_weighted_ce(logits: torch.Tensor, labels: torch.Tensor, clusters: to
     _check_labels(logits, labels, clusters)
     if logits.shape[0] == 0:
         raise UserError("cluster-weighted CE of an empty batch")
-    probs = logits.float().softmax(dim=1).clamp(epsilon, 1 - epsilon)
-    nll = -probs.gather(1, labels[:, None]).squeeze(1).log()
+    log_probs = logits.float().softmax(dim=1).clamp(epsilon, 1 - epsilon).log()
+    truth = torch.nn.functional.one_hot(labels, logits.shape[1]).float().clamp(epsilon, 1 - epsilon)
+    nll = -(truth * log_probs).sum(dim=1)
     _, cluster_index = torch.unique(clusters, return_inverse=True)
     n_clusters = int(cluster_index.max()) + 1
     group = labels * n_clusters + cluster_index                      # (class, cluster) cell per sample

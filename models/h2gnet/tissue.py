@@ -1,8 +1,10 @@
-"""H2G-Net's tissue detector (published ``preprocessing.segment_tissue``).
+"""H2G-Net's tissue detector (published ``src/utils/preprocessing.segment_tissue``).
 
-A low-resolution image of the slide in HSV; tissue where the saturation is at least ``threshold``
-(0-255 scale; glass is grey-white, stained tissue saturated), then binary closing with a disc of
-radius 5 and one of radius 3 (pixels of that image).
+A low-resolution image of the slide (published: pyramid level 5) in HSV; tissue where the
+saturation is at least ``threshold`` (20 on the 0-255 scale; glass is grey-white, stained tissue
+saturated), then binary closing with a disc of radius 5 and one of radius 3 (``skimage`` discs,
+pixels of that image). The published code multiplies OpenCV's uint8 saturation by 255 before
+thresholding, which overflows; the saturation itself is thresholded here, as intended.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+from skimage.morphology import disk
 
 from misc.errors import UserError
 from models.h2gnet.slides import SlideLike, pyramid_mpp, read_whole
@@ -35,7 +38,7 @@ def segment_tissue(image: np.ndarray, threshold: float = SATURATION_THRESHOLD,
         raise UserError(f"tissue segmentation needs an (H, W, 3) uint8 RGB image; got {image.shape} {image.dtype}")
     mask = (cv2.cvtColor(image, cv2.COLOR_RGB2HSV)[..., 1] >= threshold).astype(np.uint8)
     for radius in closing_radii:
-        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        disc = disk(radius).astype(np.uint8)
         padded = np.pad(mask, radius)  # closing must not glue tissue to the image border
         mask = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, disc)[radius:-radius, radius:-radius]
     return mask.astype(bool)

@@ -41,7 +41,10 @@ def test_cluster_weighted_ce_clips_and_guards_absent_classes():
     labels = torch.tensor([1, 1])
     logits = torch.tensor([[0.0, -200.0], [0.0, 200.0]])   # p = 0 and p = 1 for class 1, only class 1 present
     loss = cluster_weighted_ce(logits, labels, torch.tensor([5, 7]))
-    assert float(loss) == pytest.approx((-math.log(1e-7) - math.log(1 - 1e-7)) / 2, rel=1e-4)
+    # clipped probabilities (1e-7 and 1 - 1e-7) against the clipped one-hot truth (1e-7, 1 - 1e-7)
+    first = -((1 - 1e-7) * math.log(1e-7) + 1e-7 * math.log(1 - 1e-7))
+    second = -((1 - 1e-7) * math.log(1 - 1e-7) + 1e-7 * math.log(1e-7))
+    assert float(loss) == pytest.approx((first + second) / 2, rel=1e-5)
     with pytest.raises(UserError, match="labels"):
         cluster_weighted_ce(logits, labels[:1], torch.tensor([5, 7]))
 
