@@ -4,8 +4,9 @@
 A standalone check of the family's building blocks, not the training entry point (that is
 ``train.py --model h2gnet``). Slides are rendered in memory (``loader.synthetic_tumour``); the
 tumour annotation of each training slide is its mask image at 1/16. Prints one JSON line:
-per-slide DSC, precision and recall on the refinement grid averaged over the test slides, for the
-patch-wise heatmap (thresholded at 0.5) and the refined mask, and the seconds per part.
+per-slide DSC, precision and recall on the refinement grid averaged over the test slides (null
+where no slide defines one), for the patch-wise heatmap (thresholded at 0.5) and the refined
+mask, and the seconds per part.
 
     python benchmarks/h2gnet_synthetic.py --profile demo
 """
@@ -125,7 +126,8 @@ def main() -> int:
         patchwise.append(result.patchwise_mask)
         refined.append(result.refined_mask)
     seconds["infer_per_slide"] = (time.perf_counter() - start) / len(test)
-    scores = {name: {key: round(value["mean"], 4) for key, value in mean_region_scores(truths, masks).items()}
+    scores = {name: {key: None if np.isnan(value["mean"]) else round(value["mean"], 4)
+                     for key, value in mean_region_scores(truths, masks).items()}
               for name, masks in (("patchwise", patchwise), ("refined", refined))}
     print(json.dumps({"profile": args.profile, "test_slides": len(test), **scores,
                       "seconds": {key: round(value, 1) for key, value in seconds.items()}}))
