@@ -26,7 +26,7 @@ from torch import nn
 
 from metrics.region import region_scores
 from misc.errors import UserError
-from models.h2gnet.grid import Placement, to_grid
+from models.h2gnet.grid import Placement, from_grid, to_grid
 from models.h2gnet.patches import TUMOUR_CLASSES, PatchGrid, rasterise_at, read_mask_image, sample_mask, tissue_fraction, tumour_polygons
 from models.h2gnet.slides import SlideLike, level0_shape, pyramid_mpp, read_whole
 from models.h2gnet.tissue import slide_tissue
@@ -93,6 +93,25 @@ class CascadeResult:
     def refined_mask(self) -> np.ndarray:
         """(rows, cols) bool of the grid content: the refined tumour mask."""
         return self.refined[: self.placement.rows, : self.placement.cols] >= self.threshold
+
+    def mask_at(self, shape: tuple[int, int]) -> np.ndarray:
+        """The refined mask resized (nearest) to ``shape`` = (H, W), e.g. a pyramid level of the slide."""
+        return from_grid(self.refined >= self.threshold, self.placement, shape)
+
+    def summary(self, slide: SlideLike) -> dict[str, float | dict[str, float]]:
+        """Areas in mm² (refined and patch-wise tumour, tissue) and the seconds per stage.
+
+        Areas count mask pixels times their level-0 area: a grid pixel covers
+        (H / rows) x (W / cols) level-0 pixels, a tissue-mask pixel (H / h) x (W / w).
+        """
+        height, width = level0_shape(slide)
+        um2 = slide.mpp**2
+        grid_pixel = height / self.placement.rows * width / self.placement.cols * um2 / 1e6
+        tissue_pixel = height / self.tissue.shape[0] * width / self.tissue.shape[1] * um2 / 1e6
+        return {"tumour_area_mm2": float(self.refined_mask.sum() * grid_pixel),
+                "patchwise_tumour_area_mm2": float(self.patchwise_mask.sum() * grid_pixel),
+                "tissue_area_mm2": float(self.tissue.sum() * tissue_pixel),
+                "seconds": dict(self.seconds)}
 
 
 def grid_points(shape: tuple[int, int], placement: Placement) -> tuple[np.ndarray, np.ndarray]:

@@ -72,6 +72,14 @@ def test_cascade_with_known_networks(slide, tmp_path):
     scores = score_on_grid(result, exact)
     assert scores["patchwise"]["dsc"] > 0.8
     assert scores["refined"] == scores["patchwise"]          # the echo refiner changes nothing
+    summary = result.summary(slide)
+    tissue, tumour = slide.masks(16)
+    assert summary["tissue_area_mm2"] == pytest.approx(result.tissue.sum() * 256 / 1e6)   # 16 x 16 µm pixels
+    assert summary["tissue_area_mm2"] == pytest.approx(tissue.sum() * 256 / 1e6, rel=0.05)   # closing adds a rim
+    assert summary["tumour_area_mm2"] == pytest.approx(tumour.sum() * 256 / 1e6, rel=0.25)
+    assert summary["tumour_area_mm2"] == summary["patchwise_tumour_area_mm2"]
+    full = result.mask_at(SHAPE)
+    assert full.shape == SHAPE and (full == slide.masks(1)[1]).mean() > 0.9
 
 
 def test_untrained_unet_runs_on_the_grid(slide):
