@@ -27,12 +27,12 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import load_config  # noqa: E402
+from loader.synthetic import tile_seed  # noqa: E402
 from loader.synthetic_tumour import TumourSlide  # noqa: E402
 from metrics import mean_region_scores  # noqa: E402
 from misc.io import write_image  # noqa: E402
 from models.h2gnet.cascade import grid_points  # noqa: E402
 from models.h2gnet.family import H2GNetFamily  # noqa: E402
-from misc.synthetic import tile_seed  # noqa: E402
 
 MASK_DOWNSAMPLE = 16
 

@@ -7,7 +7,7 @@ inside the tissue is tumour, giving tumour regions of random shape, size and num
 are exact at any resolution: a pixel is tumour exactly when the field at its centre (in level-0
 coordinates) is above the threshold, so the mask of a grid is computed, not resampled.
 
-Texture costs little: a few synthetic tiles (:func:`misc.synthetic.generate_tile`) per tissue
+Texture costs little: a few synthetic tiles (:func:`loader.synthetic.generate_tile`) per tissue
 kind, in 8 orientations each, are laid out over the slide (tile ``(ty, tx)`` shows a random
 variant). Tumour tiles differ from the surrounding tissue as carcinoma does: crowded (3x the
 nuclei), clustered, enlarged (1.4x) and darker epithelial nuclei (haematoxylin optical density
@@ -40,7 +40,7 @@ from scipy import ndimage
 
 from misc.errors import UserError, cli_main
 from misc.io import atomic_path, atomic_write, write_image
-from misc.synthetic import generate_tile, tile_seed
+from loader.synthetic import generate_tile, tile_seed
 
 GLASS_RGB = (238, 236, 240)
 TEXTURE_TILE = 256
