@@ -50,7 +50,7 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "rmsprop": torch.optim.RMSprop,
 }
-SCHEDULES = ("constant", "step", "multistep", "cosine", "poly")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "poly", "cyclic")
 OVERLAY_IMAGES = 3
 
 
@@ -63,9 +63,20 @@ class NonFiniteLoss(UserError):
 # --------------------------------------------------------------------------------------------
 
 
-def _synthetic_arrays(seed: int, size: int) -> Any:
+#: ``data.synthetic.kind``: nucleus tiles (instance and type maps) or tissue tiles (tissue-type
+#: map and patch labels, :mod:`loader.synthetic_tissue`).
+SYNTHETIC_KINDS = ("nuclei", "tissue")
+
+
+def _synthetic_arrays(seed: int, size: int, kind: str = "nuclei") -> Any:
     """Arrays of one synthetic tile (module-level so DataLoader workers can pickle it)."""
     from loader.readers.core import Arrays
+
+    if kind == "tissue":
+        from loader.synthetic_tissue import generate_tissue_tile
+
+        tile = generate_tissue_tile(seed, (size, size))
+        return Arrays(image=tile.image, type_map=tile.tissue_map, labels=tile.labels)
     from misc.synthetic import generate_tile
 
     image, inst_map, type_map = generate_tile(seed, (size, size))
@@ -77,17 +88,21 @@ def _unchanged(arrays: Any, record: Any) -> Any:
     return arrays
 
 
-def synthetic_dataset(n: int, seed: int, size: int, offset: int = 0) -> Any:
-    """``n`` lazy synthetic tiles ``tile_seed(seed, offset + i)`` as a ``loader`` Dataset."""
+def synthetic_dataset(n: int, seed: int, size: int, offset: int = 0, kind: str = "nuclei") -> Any:
+    """``n`` lazy synthetic tiles ``tile_seed(seed, offset + i)`` of ``kind`` (see
+    :data:`SYNTHETIC_KINDS`) as a ``loader`` Dataset."""
     from loader.readers.core import Dataset, Record
+    from loader.synthetic_tissue import PATCH_CLASSES
     from misc.synthetic import NUCLEUS_TYPES, tile_seed
 
-    class_names = tuple(name for name, _ in NUCLEUS_TYPES.values())
+    if kind not in SYNTHETIC_KINDS:
+        raise UserError(f"data.synthetic.kind '{kind}' is not one of {list(SYNTHETIC_KINDS)}")
+    class_names = PATCH_CLASSES if kind == "tissue" else tuple(name for name, _ in NUCLEUS_TYPES.values())
     records = [
         Record(
             name=f"synthetic_{offset + i:04d}",
             source=Path("synthetic"),
-            loader=functools.partial(_synthetic_arrays, tile_seed(seed, offset + i), size),
+            loader=functools.partial(_synthetic_arrays, tile_seed(seed, offset + i), size, kind),
             class_names=class_names,
         )
         for i in range(n)
@@ -179,8 +194,9 @@ def build_splits(data_cfg: dict, seed: int) -> tuple[Any, Any]:
     source = str(data_cfg["source"])
     if source == "synthetic":
         syn = data_cfg["synthetic"]
-        train = synthetic_dataset(int(syn["n_train"]), int(syn["seed"]), int(syn["size"]))
-        val = synthetic_dataset(int(syn["n_val"]), int(syn["seed"]), int(syn["size"]), offset=int(syn["n_train"]))
+        kind = str(syn.get("kind", "nuclei"))
+        train = synthetic_dataset(int(syn["n_train"]), int(syn["seed"]), int(syn["size"]), kind=kind)
+        val = synthetic_dataset(int(syn["n_val"]), int(syn["seed"]), int(syn["size"]), offset=int(syn["n_train"]), kind=kind)
     elif data_cfg.get("val_source"):
         train = read_source(source, data_cfg.get("split"))
         val = read_source(str(data_cfg["val_source"]))
@@ -275,17 +291,34 @@ def build_optimizer(groups: list[dict], spec: dict, phase_name: str) -> torch.op
         raise UserError(f"train.phases '{phase_name}': optimizer {name}: {err}") from None
 
 
-def schedule_factor(spec: dict | None, epoch: int, epochs: int) -> float:
-    """Learning-rate multiplier of a phase's schedule at ``epoch`` (0-based, within the phase).
+def cyclic_factor(spec: dict, position: float) -> float:
+    """Triangular cyclical learning rate (Smith, WACV 2017) with step decay, at ``position``
+    epochs (fractional) into the phase: from 1 up to ``max_factor`` and back once every
+    ``cycle_epochs``, the whole curve multiplied by ``gamma`` every ``step_size`` epochs."""
+    cycle = float(spec["cycle_epochs"])
+    if cycle <= 0 or float(spec["max_factor"]) < 1:
+        raise UserError(f"train.phases: schedule 'cyclic' needs cycle_epochs > 0 and max_factor >= 1 (got {spec})")
+    triangle = 1.0 - abs(2.0 * ((position / cycle) % 1.0) - 1.0)
+    decay = float(spec.get("gamma", 0.5)) ** math.floor(position / float(spec.get("step_size", math.inf)))
+    return (1.0 + (float(spec["max_factor"]) - 1.0) * triangle) * decay
+
+
+def schedule_factor(spec: dict | None, epoch: float, epochs: int) -> float:
+    """Learning-rate multiplier of a phase's schedule at ``epoch`` (0-based, within the phase;
+    fractional for ``cyclic``, whole epochs for the others).
 
     ``constant``; ``step`` {step_size, gamma}; ``multistep`` {milestones, gamma};
-    ``cosine`` {min_factor} from 1 to min_factor over the phase; ``poly`` {power} to 0.
+    ``cosine`` {min_factor} from 1 to min_factor over the phase; ``poly`` {power} to 0;
+    ``cyclic`` {max_factor, cycle_epochs, step_size, gamma} (see :func:`cyclic_factor`).
     """
     spec = spec or {"name": "constant"}
     name = spec.get("name", "constant")
-    needed = {"step": "step_size", "multistep": "milestones"}.get(name)
+    needed = {"step": "step_size", "multistep": "milestones", "cyclic": "cycle_epochs"}.get(name)
     if needed is not None and needed not in spec:
         raise UserError(f"train.phases: schedule '{name}' needs '{needed}' (got {spec})")
+    if name == "cyclic":
+        return cyclic_factor({"max_factor": 1.0, **spec}, float(epoch))
+    epoch = int(epoch)
     if name == "constant":
         return 1.0
     if name == "step":
@@ -313,7 +346,8 @@ def build_scheduler(
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
         epochs = horizon() if horizon is not None else int(phase["epochs"])
-        return warm * schedule_factor(schedule, step // steps_per_epoch, epochs)
+        position = step / steps_per_epoch if (schedule or {}).get("name") == "cyclic" else step // steps_per_epoch
+        return warm * schedule_factor(schedule, position, epochs)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

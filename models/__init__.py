@@ -22,6 +22,7 @@ from models.base import Family
 FAMILIES: dict[str, str] = {
     "hovernet": "models.hovernet.family:HoVerNetFamily",
     "fullnet": "models.fullnet.family:FullNetFamily",
+    "histosegnet": "models.histosegnet.family:HistoSegNetFamily",
 }
 PLUGINS_ENV = "HISTOSEG_PLUGINS"
 

@@ -47,11 +47,11 @@ VGG16_MAPPING: dict[str, str] = {
 class ConvReLUBN(nn.Module):
     """3x3 convolution (bias) -> ReLU -> batch norm: (N, in, H, W) -> (N, out, H, W)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, bn_momentum: float = BN_MOMENTUM) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=True)
         self.relu = nn.ReLU(inplace=False)
-        self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=bn_momentum)
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         """The ReLU output (the tensor Grad-CAM differentiates against in the last unit)."""
@@ -61,10 +61,10 @@ class ConvReLUBN(nn.Module):
         return self.bn(self.activation(x))
 
 
-def _block(channels: tuple[int, ...], in_channels: int, pool: bool) -> nn.Sequential:
+def _block(channels: tuple[int, ...], in_channels: int, pool: bool, bn_momentum: float) -> nn.Sequential:
     layers: list[nn.Module] = []
     for out_channels in channels:
-        layers.append(ConvReLUBN(in_channels, out_channels))
+        layers.append(ConvReLUBN(in_channels, out_channels, bn_momentum))
         in_channels = out_channels
     if pool:
         layers.append(nn.MaxPool2d(2))
@@ -85,19 +85,23 @@ class HistoNet(nn.Module):
         classes: number of outputs (one sigmoid score per class).
         width: channel multiplier (1.0 = published; other values cannot load VGG16 weights).
         dropout: dropout rate before global max pooling (published 0.5).
+        bn_momentum: batch-norm running-statistics momentum, torch convention (published Keras
+            0.99 = 0.01 here; short runs need more, or their eval-mode statistics lag behind).
 
     Input (N, 3, H, W) float32 standardised RGB (H, W multiples of 4; 224 published);
     output (N, classes) float32 logits (pre-sigmoid scores).
     """
 
-    def __init__(self, classes: int, width: float = 1.0, dropout: float = 0.5) -> None:
+    def __init__(self, classes: int, width: float = 1.0, dropout: float = 0.5, bn_momentum: float = BN_MOMENTUM) -> None:
         super().__init__()
         if classes < 1:
             raise UserError(f"model.classes gives {classes} classes; expected at least 1")
         c1, c2, c3 = scaled_channels(width)
-        self.block1 = _block(c1, 3, pool=True)
-        self.block2 = _block(c2, c1[-1], pool=True)
-        self.block3 = _block(c3, c2[-1], pool=False)
+        if not 0 < bn_momentum <= 1:
+            raise UserError(f"model.bn_momentum is {bn_momentum}; expected a value in (0, 1] (torch convention)")
+        self.block1 = _block(c1, 3, pool=True, bn_momentum=bn_momentum)
+        self.block2 = _block(c2, c1[-1], pool=True, bn_momentum=bn_momentum)
+        self.block3 = _block(c3, c2[-1], pool=False, bn_momentum=bn_momentum)
         self.pool = nn.MaxPool2d(2)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(c3[-1], classes)
