@@ -147,6 +147,8 @@ class HistoSegNetFamily(Family):
         """:class:`HistoNet` for ``model.classes``; the seven convolutions from ``model.pretrained``
         (a local torchvision VGG16 file) when set."""
         model = self.cfg["model"]
+        self.resolved_passes()  # refuse a bad class set or CRF setting before any training
+        self.crf_params()
         net = HistoNet(len(self.classes), width=float(model.get("width", 1.0)), dropout=float(model.get("dropout", 0.5)),
                        bn_momentum=float(model.get("bn_momentum", 0.01)))
         if model.get("pretrained"):
@@ -167,6 +169,7 @@ class HistoSegNetFamily(Family):
         fit_weights = (self.cfg.get("loss") or {}).get("class_weights", "fit") == "fit"
         total, squares, count, rows = 0.0, 0.0, 0, []
         for sample in _samples_of(images):
+            self.check_class_names(sample.get("class_names"), str(sample.get("name") or "training sample"))
             image = np.asarray(sample["image"], np.float64)
             total, squares, count = total + image.sum(), squares + np.square(image).sum(), count + image.size
             if fit_weights and ("labels" in sample or "type_map" in sample):
@@ -186,6 +189,20 @@ class HistoSegNetFamily(Family):
         if rows:
             stats["class_weights"] = class_weights(np.stack(rows)).tolist()
         return stats
+
+    def check_class_names(self, names: Sequence[str] | None, where: str) -> None:
+        """Refuse data whose patch-label classes (or type names) are not ``model.classes`` in order.
+
+        Raises:
+            UserError: naming the unknown and the missing classes.
+        """
+        if names is None or list(names) == self.classes:
+            return
+        unknown = [name for name in names if name not in self.classes]
+        missing = [name for name in self.classes if name not in names]
+        detail = f"unknown {_short(unknown)}, missing {_short(missing)}" if unknown or missing else "in another order"
+        raise UserError(f"{where}: the data's classes {_short(list(names))} are not model.classes "
+                        f"{_short(self.classes)} ({detail}); set model.classes to the data's class columns in their order")
 
     def standardise(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) RGB 0-255 -> (x - mean) / (std + 1e-7) with the scalar statistics."""
@@ -260,6 +277,12 @@ class HistoSegNetFamily(Family):
         return torch.zeros(1, 3, self.input_size, self.input_size)
 
 
+def _short(names: Sequence[str], most: int = 6) -> str:
+    """A list of names for a message: at most ``most`` shown, then how many more."""
+    shown = ", ".join(repr(name) for name in names[:most])
+    return f"[{shown}{f', ... {len(names) - most} more' if len(names) > most else ''}]"
+
+
 def _samples_of(images: Sequence[Any]) -> Iterable[dict]:
     """Sample dicts (``image``, ``labels``/``type_map`` when present) of what ``fit_norm_stats``
     receives: the engine's view of the training samples (its ``samples``) or bare images."""
@@ -270,7 +293,7 @@ def _samples_of(images: Sequence[Any]) -> Iterable[dict]:
         return
     for item in source:
         sample = {}
-        for key in ("name", "image", "labels", "type_map"):
+        for key in ("name", "image", "labels", "type_map", "class_names"):
             value = item.get(key) if isinstance(item, dict) else getattr(item, key, None)
             if value is not None:
                 sample[key] = value

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import config
+import loader
 from misc import engine
 from misc.errors import UserError
 from models import get_family
@@ -119,3 +120,30 @@ def test_engine_serves_synthetic_tissue_tiles_with_patch_labels() -> None:
     assert dataset.records[0].class_names == ("epithelium", "stroma", "lymphoid", "adipose")
     with pytest.raises(UserError, match="data.synthetic.kind"):
         engine.synthetic_dataset(1, seed=0, size=64, kind="glands")
+
+
+def test_data_with_other_classes_is_refused(tmp_path) -> None:
+    image = np.zeros((8, 8, 3), np.uint8)
+    (tmp_path / "images").mkdir()
+    from misc.io import write_image
+
+    write_image(tmp_path / "images" / "a.png", image)
+    (tmp_path / "labels.csv").write_text("name,epithelium,stroma,muscle,adipose\na,1,0,0,1\n")
+    samples = loader.read_dataset("patch_labels", tmp_path)
+    with pytest.raises(UserError, match=r"unknown \['muscle'\], missing \['lymphoid'\]"):
+        demo_family().fit_norm_stats(View([{"image": s.image, "labels": s.labels, "class_names": s.class_names,
+                                            "name": s.name} for s in samples]))
+    paper = get_family("histosegnet")(config.load_config("histosegnet"))
+    with pytest.raises(UserError, match="model.classes"):
+        paper.fit_norm_stats(View([engine.sample_dict(engine.synthetic_dataset(1, 0, 32, kind="tissue")[0])
+                                   | {"class_names": ("epithelium", "stroma", "lymphoid", "adipose")}]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("postproc.crf.bilat_srgb=-2", "bilat_srgb"),
+    ("segmentation.mode=morph", "not among the classifier's classes"),
+    ("model.width=0", "model.width"),
+])
+def test_bad_settings_stop_before_training(override: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        engine.run(engine.RunRequest(model="histosegnet", profile="demo", overrides=[override], summary=True))

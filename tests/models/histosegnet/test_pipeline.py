@@ -100,3 +100,15 @@ def test_bad_images_are_refused() -> None:
         segment_image(family, net, np.zeros((64, 64), np.uint8))
     with pytest.raises(UserError, match="resolution factor"):
         cut_tiles(np.zeros((64, 64, 3), np.uint8), 224, 0.0)
+
+
+@pytest.mark.cuda
+def test_gpu_maps_match_cpu() -> None:
+    family, net = tiny_family()
+    net.thresholds.zero_()
+    image = generate_tissue_tile(5, (200, 240)).image
+    cpu = segment_image(family, net, image)["tissue"]
+    gpu = segment_image(family, net.cuda(), image, device="cuda")["tissue"]
+    assert np.allclose(cpu.adjusted, gpu.adjusted, atol=1e-4)
+    for stage in STAGES:
+        assert (cpu.labels[stage] == gpu.labels[stage]).mean() >= 0.99
