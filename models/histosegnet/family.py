@@ -6,7 +6,7 @@ Training (patch task): each sample's image is resized to the classifier's input
 derived from a type map when a sample has no labels: class c present = type c+1 occurs) are
 the targets of a class-weighted binary cross-entropy. Inputs are standardised by one scalar
 mean and standard deviation over all pixels and channels of the training images
-(``model.input_norm: fit``) or given ones (published ADP: 193.09203, 56.450138); they are kept
+(``model.input_norm: null``) or given ones (published ADP: ``{mean: 193.09203, std: 56.450138}``); they are kept
 with the class weights in the checkpoint's ``norm_stats``. The per-class decision thresholds
 are a buffer of the network (:func:`models.histosegnet.pipeline.calibrate_thresholds` sets them
 ROC-optimally on validation patches).
@@ -165,7 +165,7 @@ class HistoSegNetFamily(Family):
         labels are reachable through the images' samples; else none), plus the Reinhard target
         of the base class when configured."""
         stats = super().fit_norm_stats(images) or {}
-        configured = self.cfg["model"].get("input_norm", "fit")
+        configured = self.cfg["model"].get("input_norm") or "fit"
         fit_weights = (self.cfg.get("loss") or {}).get("class_weights", "fit") == "fit"
         total, squares, count, rows = 0.0, 0.0, 0, []
         for sample in _samples_of(images):
@@ -185,7 +185,7 @@ class HistoSegNetFamily(Family):
         elif isinstance(configured, dict) and {"mean", "std"} <= set(configured):
             stats.update(mean=[float(configured["mean"])], std=[float(configured["std"])])
         else:
-            raise UserError(f"model.input_norm is {configured!r}; expected 'fit' or {{mean: m, std: s}} (0-255 units)")
+            raise UserError(f"model.input_norm is {configured!r}; expected null (fit) or {{mean: m, std: s}} (0-255 units)")
         if rows:
             stats["class_weights"] = class_weights(np.stack(rows)).tolist()
         return stats

@@ -75,7 +75,7 @@ def test_scalar_input_statistics_and_class_weights() -> None:
     buffer.seek(0)
     assert torch.load(buffer, weights_only=True) == stats  # plain Python numbers: checkpoints load with weights_only
     family = demo_family()
-    family.cfg["model"]["input_norm"] = {"mean": 193.09203, "std": 56.450138}
+    family.cfg = config.load_config("histosegnet", "demo", overrides=["model.input_norm={mean: 193.09203, std: 56.450138}"])
     family.norm_stats = family.fit_norm_stats([samples[0]["image"]])
     assert family.norm_stats["mean"] == [193.09203] and "class_weights" not in family.norm_stats
     x = torch.full((1, 3, 2, 2), 249.54217)
