@@ -221,6 +221,7 @@ def write_dataset(out_dir: str | Path, n: int, seed: int = 0, size: int = 224) -
     return out
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loader.synthetic_tissue", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir")
@@ -235,4 +236,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli_main(main))
+    raise SystemExit(main())

@@ -51,3 +51,14 @@ def test_bad_arguments() -> None:
     with pytest.raises(UserError, match="min_fraction"):
         generate_tissue_tile(0, (64, 64), min_fraction=1.5)
     assert patch_labels(np.zeros((4, 4), np.int32)).sum() == 0
+
+
+def test_command_line(tmp_path, capsys) -> None:
+    from loader.synthetic_tissue import main
+
+    assert main([str(tmp_path / "out"), "--n", "2", "--size", "48"]) == 0
+    assert (tmp_path / "out" / "labels.csv").read_text().splitlines()[0] == "name,epithelium,stroma,lymphoid,adipose"
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "bad"), "--n", "0"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --n 0")
