@@ -16,10 +16,20 @@ from misc.errors import UserError
 from models.base import Family
 
 
-def _synthetic_arrays(seed: int, size: int) -> Any:
+#: ``data.synthetic.kind``: nucleus tiles (instance and type maps) or tissue tiles (tissue-type
+#: map and patch labels, :mod:`loader.synthetic_tissue`).
+SYNTHETIC_KINDS = ("nuclei", "tissue")
+
+
+def _synthetic_arrays(seed: int, size: int, kind: str = "nuclei") -> Any:
     """Arrays of one synthetic tile (module-level so DataLoader workers can pickle it)."""
     from loader.readers.core import Arrays
     from loader.synthetic import generate_tile
+    from loader.synthetic_tissue import generate_tissue_tile
+
+    if kind == "tissue":
+        tile = generate_tissue_tile(seed, (size, size))
+        return Arrays(image=tile.image, type_map=tile.tissue_map, labels=tile.labels)
 
     image, inst_map, type_map = generate_tile(seed, (size, size))
     return Arrays(image=image, inst_map=inst_map, type_map=type_map)
@@ -30,17 +40,21 @@ def _unchanged(arrays: Any, record: Any) -> Any:
     return arrays
 
 
-def synthetic_dataset(n: int, seed: int, size: int, offset: int = 0) -> Any:
-    """``n`` lazy synthetic tiles ``tile_seed(seed, offset + i)`` as a ``loader`` Dataset."""
+def synthetic_dataset(n: int, seed: int, size: int, offset: int = 0, kind: str = "nuclei") -> Any:
+    """``n`` lazy synthetic tiles ``tile_seed(seed, offset + i)`` of ``kind`` (see
+    :data:`SYNTHETIC_KINDS`) as a ``loader`` Dataset."""
     from loader.readers.core import Dataset, Record
     from loader.synthetic import NUCLEUS_TYPES, tile_seed
+    from loader.synthetic_tissue import PATCH_CLASSES
 
-    class_names = tuple(name for name, _ in NUCLEUS_TYPES.values())
+    if kind not in SYNTHETIC_KINDS:
+        raise UserError(f"data.synthetic.kind '{kind}' is not one of {list(SYNTHETIC_KINDS)}")
+    class_names = PATCH_CLASSES if kind == "tissue" else tuple(name for name, _ in NUCLEUS_TYPES.values())
     records = [
         Record(
             name=f"synthetic_{offset + i:04d}",
             source=Path("synthetic"),
-            loader=functools.partial(_synthetic_arrays, tile_seed(seed, offset + i), size),
+            loader=functools.partial(_synthetic_arrays, tile_seed(seed, offset + i), size, kind),
             class_names=class_names,
         )
         for i in range(n)
@@ -132,8 +146,9 @@ def build_splits(data_cfg: dict, seed: int) -> tuple[Any, Any]:
     source = str(data_cfg["source"])
     if source == "synthetic":
         syn = data_cfg["synthetic"]
-        train = synthetic_dataset(int(syn["n_train"]), int(syn["seed"]), int(syn["size"]))
-        val = synthetic_dataset(int(syn["n_val"]), int(syn["seed"]), int(syn["size"]), offset=int(syn["n_train"]))
+        kind = str(syn.get("kind", "nuclei"))
+        train = synthetic_dataset(int(syn["n_train"]), int(syn["seed"]), int(syn["size"]), kind=kind)
+        val = synthetic_dataset(int(syn["n_val"]), int(syn["seed"]), int(syn["size"]), offset=int(syn["n_train"]), kind=kind)
     elif data_cfg.get("val_source"):
         train = read_source(source, data_cfg.get("split"))
         val = read_source(str(data_cfg["val_source"]))

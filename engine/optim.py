@@ -17,7 +17,7 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 
 
-SCHEDULES = ("constant", "step", "multistep", "cosine", "poly")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "poly", "cyclic")
 
 
 def build_optimizer(groups: list[dict], spec: dict, phase_name: str) -> torch.optim.Optimizer:
@@ -40,17 +40,34 @@ def build_optimizer(groups: list[dict], spec: dict, phase_name: str) -> torch.op
         raise UserError(f"train.phases '{phase_name}': optimizer {name}: {err}") from None
 
 
-def schedule_factor(spec: dict | None, epoch: int, epochs: int) -> float:
-    """Learning-rate multiplier of a phase's schedule at ``epoch`` (0-based, within the phase).
+def cyclic_factor(spec: dict, position: float) -> float:
+    """Triangular cyclical learning rate (Smith, WACV 2017) with step decay, at ``position``
+    epochs (fractional) into the phase: from 1 up to ``max_factor`` and back once every
+    ``cycle_epochs``, the whole curve multiplied by ``gamma`` every ``step_size`` epochs."""
+    cycle = float(spec["cycle_epochs"])
+    if cycle <= 0 or float(spec["max_factor"]) < 1:
+        raise UserError(f"train.phases: schedule 'cyclic' needs cycle_epochs > 0 and max_factor >= 1 (got {spec})")
+    triangle = 1.0 - abs(2.0 * ((position / cycle) % 1.0) - 1.0)
+    decay = float(spec.get("gamma", 0.5)) ** math.floor(position / float(spec.get("step_size", math.inf)))
+    return (1.0 + (float(spec["max_factor"]) - 1.0) * triangle) * decay
+
+
+def schedule_factor(spec: dict | None, epoch: float, epochs: int) -> float:
+    """Learning-rate multiplier of a phase's schedule at ``epoch`` (0-based, within the phase;
+    fractional for ``cyclic``, whole epochs for the others).
 
     ``constant``; ``step`` {step_size, gamma}; ``multistep`` {milestones, gamma};
-    ``cosine`` {min_factor} from 1 to min_factor over the phase; ``poly`` {power} to 0.
+    ``cosine`` {min_factor} from 1 to min_factor over the phase; ``poly`` {power} to 0;
+    ``cyclic`` {max_factor, cycle_epochs, step_size, gamma} (see :func:`cyclic_factor`).
     """
     spec = spec or {"name": "constant"}
     name = spec.get("name", "constant")
-    needed = {"step": "step_size", "multistep": "milestones"}.get(name)
+    needed = {"step": "step_size", "multistep": "milestones", "cyclic": "cycle_epochs"}.get(name)
     if needed is not None and needed not in spec:
         raise UserError(f"train.phases: schedule '{name}' needs '{needed}' (got {spec})")
+    if name == "cyclic":
+        return cyclic_factor({"max_factor": 1.0, **spec}, float(epoch))
+    epoch = int(epoch)
     if name == "constant":
         return 1.0
     if name == "step":
@@ -78,6 +95,7 @@ def build_scheduler(
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
         epochs = horizon() if horizon is not None else int(phase["epochs"])
-        return warm * schedule_factor(schedule, step // steps_per_epoch, epochs)
+        position = step / steps_per_epoch if (schedule or {}).get("name") == "cyclic" else step // steps_per_epoch
+        return warm * schedule_factor(schedule, position, epochs)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

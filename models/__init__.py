@@ -23,6 +23,7 @@ FAMILIES: dict[str, str] = {
     "hovernet": "models.hovernet.family:HoVerNetFamily",
     "fullnet": "models.fullnet.family:FullNetFamily",
     "h2gnet": "models.h2gnet.family:H2GNetFamily",
+    "histosegnet": "models.histosegnet.family:HistoSegNetFamily",
 }
 PLUGINS_ENV = "HISTOSEG_PLUGINS"
 
