@@ -38,7 +38,19 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from config import load_config
+from engine.data import ImageView, build_train_dataset, read_source
+from engine.distributed import resolve_device
+from engine.loop import (
+    autocast_context, batch_to_device, phase_loss_weights, training_amp_dtype, training_channels_last,
+)
+from engine.optim import build_optimizer
+from inference.folder import list_images
+from inference.predict import family_predictor, inference_precision, with_infer_overrides
+from inference.tiling import TileSpec, window_count
 from misc.errors import UserError, cli_main
+from misc.io import read_image
+from models import get_family
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +122,6 @@ def time_training(family: Any, dataset: Any, device: torch.device, repeats: int 
             engine caches after the first epoch (e.g. FullNet's weight maps) count as cached.
         repeats: timed steps after two warm-up steps, each on its own batch.
     """
-    from engine import loop, optim
-
     cfg = family.cfg
     phase = cfg["train"]["phases"][0]
     batch_size = int(phase["batch_size"])
@@ -125,21 +135,21 @@ def time_training(family: Any, dataset: Any, device: torch.device, repeats: int 
     sample_s = (time.perf_counter() - start) / len(items)
 
     net = family.build_network().to(device)
-    amp_dtype = loop.training_amp_dtype(cfg["train"], device)
-    channels_last = loop.training_channels_last(net, cfg["train"], device, amp_dtype)
+    amp_dtype = training_amp_dtype(cfg["train"], device)
+    channels_last = training_channels_last(net, cfg["train"], device, amp_dtype)
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    optimizer = optim.build_optimizer(family.parameter_groups(net, phase), phase.get("optimizer") or {}, "timing")
+    optimizer = build_optimizer(family.parameter_groups(net, phase), phase.get("optimizer") or {}, "timing")
     family.train_mode(net, phase)
     batches = iter([
-        loop.batch_to_device(default_collate(items[first:first + batch_size]), device, channels_last)
+        batch_to_device(default_collate(items[first:first + batch_size]), device, channels_last)
         for first in range(0, len(items), batch_size)
     ])
-    weights = loop.phase_loss_weights(phase)
+    weights = phase_loss_weights(phase)
 
     def step() -> None:
         batch = next(batches)
-        with loop.autocast_context(device, amp_dtype):
+        with autocast_context(device, amp_dtype):
             loss, _ = family.loss(family.forward(net, batch), batch, weights)
         loss.backward()
         optimizer.step()
@@ -156,8 +166,6 @@ def time_inference(family: Any, device: torch.device, repeats: int = 1) -> float
     is on, divided by the batch size; in ``infer.py``'s precision and memory format
     (:func:`inference.predict.inference_precision`). One warm-up run comes
     first (with 8-fold TTA a run is 9 network passes of the batch, so one timed run suffices)."""
-    from inference.predict import family_predictor, inference_precision, with_infer_overrides
-
     infer_cfg = family.cfg["infer"]
     batch_size, size = int(infer_cfg.get("batch_size", 1)), int(infer_cfg["input_size"])
     net = family.build_network().to(device).eval()
@@ -184,8 +192,6 @@ def measure(family: Any, dataset: Any, device: torch.device) -> HostTimes:
 
 def score_windows(family: Any, image_shapes: Sequence[tuple[int, int]]) -> int:
     """Windows the family's tiler runs over images of these (H, W) shapes."""
-    from inference.tiling import TileSpec, window_count
-
     spec = TileSpec.from_config(family.cfg["infer"])
     return sum(window_count(shape, spec) for shape in image_shapes)
 
@@ -220,13 +226,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     The timing itself (a few warm-up and timed steps, about 10-60 s) counts against ``--budget-s``.
     """
-    from config import load_config
-    from engine.distributed import resolve_device
-    from engine.data import ImageView, build_train_dataset, read_source
-    from inference.folder import list_images
-    from misc.io import read_image
-    from models import get_family
-
     started = time.monotonic()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

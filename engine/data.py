@@ -12,15 +12,17 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from engine.distributed import DistInfo
+from loader.augment import build_augment, load_augment_preset
+from loader.datasets import SampleDataset, open_patches, seed_worker
+from loader.readers import read_dataset
+from loader.readers.core import Arrays, Dataset, Record
+from loader.synthetic import NUCLEUS_TYPES, generate_tile, tile_seed
 from misc.errors import UserError
 from models.base import Family
 
 
 def _synthetic_arrays(seed: int, size: int) -> Any:
     """Arrays of one synthetic tile (module-level so DataLoader workers can pickle it)."""
-    from loader.readers.core import Arrays
-    from loader.synthetic import generate_tile
-
     image, inst_map, type_map = generate_tile(seed, (size, size))
     return Arrays(image=image, inst_map=inst_map, type_map=type_map)
 
@@ -32,9 +34,6 @@ def _unchanged(arrays: Any, record: Any) -> Any:
 
 def synthetic_dataset(n: int, seed: int, size: int, offset: int = 0) -> Any:
     """``n`` lazy synthetic tiles ``tile_seed(seed, offset + i)`` as a ``loader`` Dataset."""
-    from loader.readers.core import Dataset, Record
-    from loader.synthetic import NUCLEUS_TYPES, tile_seed
-
     class_names = tuple(name for name, _ in NUCLEUS_TYPES.values())
     records = [
         Record(
@@ -61,18 +60,14 @@ def read_source(source: str, split: str | None = None) -> Any:
         UserError: the source is neither form, or the reader refuses it.
     """
     if Path(source).exists():
-        from loader.datasets import open_patches
-
         return open_patches(source, split)
     if ":" not in source:
         raise UserError(
             f"--data '{source}': expected 'synthetic', KIND:ROOT (e.g. consep_mat:/data/consep) "
             "or an existing patch folder/.h5 from extract_patches.py"
         )
-    import loader
-
     kind, root = source.split(":", 1)
-    return loader.read_dataset(kind, root, split=split)
+    return read_dataset(kind, root, split=split)
 
 
 def _field(item: Any, key: str) -> Any:
@@ -176,9 +171,6 @@ def build_train_dataset(family: Family, samples: Any, cfg: dict, cache_dir: Path
 
     A target builder with a ``cache_key`` (expensive per-sample maps such as weight maps)
     gets its pre-augmentation maps cached under ``cache_dir``."""
-    from loader.augment import build_augment, load_augment_preset
-    from loader.datasets import SampleDataset
-
     spec = cfg["data"].get("augment")
     ops = list(load_augment_preset(spec) if isinstance(spec, str) else spec or [])
     patch = cfg["data"].get("patch_size")
@@ -201,8 +193,6 @@ def build_loader(dataset: Any, batch_size: int, info: DistInfo, seed: int, num_w
 
     The order depends only on (seed, epoch); ``batch_size`` is per process.
     """
-    from loader.datasets import seed_worker
-
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
     return DataLoader(
         dataset,

@@ -41,6 +41,7 @@ from engine.validate import validate
 from misc.errors import UserError
 from misc.precision import autocast_dtype, channels_last_allowed
 from models.base import Family
+from models.checkpoint import load_state
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +334,7 @@ def train(setup: Setup, resume: dict | None = None) -> TrainResult:
 
     Args:
         setup: the built family, network (on its device), datasets and run directory.
-        resume: a checkpoint dict from :func:`engine.checkpoint.read_checkpoint`, already
+        resume: a checkpoint dict from :func:`models.checkpoint.read_checkpoint`, already
             checked with :func:`engine.checkpoint.check_compatible`; its weights are loaded here.
 
     Returns:
@@ -358,7 +359,7 @@ def train(setup: Setup, resume: dict | None = None) -> TrainResult:
 
     loop = Loop()
     if resume is not None:
-        ckpt.load_state(net, resume["model"], "--resume checkpoint")
+        load_state(net, resume["model"], "--resume checkpoint")
         loop = Loop(epoch=int(resume["epoch"]), step=int(resume["step"]), best_metric=resume.get("best_metric"),
                     seconds=float(resume.get("train_seconds") or 0.0))
     if budget_s is not None:
