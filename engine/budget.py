@@ -5,9 +5,10 @@ one 2-core CPU of this project and 1.7 steps/s on another, so a fixed epoch coun
 recipe within its budget. :func:`measure` times, on this host and on the run's own training
 data, what the run spends its time on:
 
-- one optimiser step of the first phase (its batch size, autocast and memory format, exactly as
-  the engine runs them) and the loader's cost per training sample (reading, augmentation,
-  targets);
+- one optimiser step of the first phase (its batch size, autocast, gradient scaling, clipping
+  and memory format: the engine's own :func:`engine.loop.train_step` and
+  :func:`engine.loop.optimizer_step`) and the loader's cost per training sample (reading,
+  augmentation, targets);
 - one inference window with the profile's TTA, plus the BatchNorm adaptation pass when
   ``infer.bn_adapt`` is on (scoring the validation images after training).
 
@@ -42,7 +43,7 @@ from config import load_config
 from engine.data import ImageView, build_train_dataset, read_source
 from engine.distributed import resolve_device
 from engine.loop import (
-    autocast_context, batch_to_device, phase_loss_weights, training_amp_dtype, training_channels_last,
+    batch_to_device, optimizer_step, phase_loss_weights, train_step, training_amp_dtype, training_channels_last,
 )
 from engine.optim import build_optimizer
 from inference.folder import list_images
@@ -140,6 +141,8 @@ def time_training(family: Any, dataset: Any, device: torch.device, repeats: int 
     if channels_last:
         net.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(family.parameter_groups(net, phase), phase.get("optimizer") or {}, "timing")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     family.train_mode(net, phase)
     batches = iter([
         batch_to_device(default_collate(items[first:first + batch_size]), device, channels_last)
@@ -148,12 +151,8 @@ def time_training(family: Any, dataset: Any, device: torch.device, repeats: int 
     weights = phase_loss_weights(phase)
 
     def step() -> None:
-        batch = next(batches)
-        with autocast_context(device, amp_dtype):
-            loss, _ = family.loss(family.forward(net, batch), batch, weights)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(family, net, next(batches), weights, device, amp_dtype, scaler)
+        optimizer_step(optimizer, params, cfg["train"].get("clip_grad_norm"), scaler)
 
     sync = _synchronizer(device)
     _median_seconds(step, 2, sync)

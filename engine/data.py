@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from engine.distributed import DistInfo
 from loader.augment import build_augment, load_augment_preset
 from loader.datasets import SampleDataset, open_patches, seed_worker
+from loader.keys import IMAGE, NAME, SAMPLE_KEYS, sample_keys
 from loader.readers import read_dataset
 from loader.readers.core import Arrays, Dataset, Record
 from loader.synthetic import NUCLEUS_TYPES, generate_tile, tile_seed
@@ -141,11 +142,11 @@ def build_splits(data_cfg: dict, seed: int) -> tuple[Any, Any]:
     return train, val
 
 
-def sample_dict(sample: Any) -> dict[str, Any]:
+def sample_dict(sample: Any, keys: Sequence[str] = SAMPLE_KEYS) -> dict[str, Any]:
     """A sample's arrays as a dict: ``image`` (H, W, 3) uint8 and, when present, ``inst_map``,
-    ``type_map`` (H, W) int32 and ``labels`` (C,) int; plus ``name``."""
-    out: dict[str, Any] = {"name": _field(sample, "name") or ""}
-    for key in ("image", "inst_map", "type_map", "labels"):
+    ``type_map`` (H, W) int32, ``labels`` (C,) int and any further ``keys``; plus ``name``."""
+    out: dict[str, Any] = {NAME: _field(sample, NAME) or ""}
+    for key in keys:
         value = _field(sample, key)
         if value is not None:
             out[key] = value
@@ -162,7 +163,7 @@ class ImageView(Sequence):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        return sample_dict(self.samples[index])["image"]
+        return sample_dict(self.samples[index], (IMAGE,))[IMAGE]
 
 
 def build_train_dataset(family: Family, samples: Any, cfg: dict, cache_dir: Path | None = None) -> Any:
@@ -185,6 +186,7 @@ def build_train_dataset(family: Family, samples: Any, cfg: dict, cache_dir: Path
         target_builder=builder,
         seed=int(cfg["train"]["seed"]),
         cache_dir=cache_dir if cached else None,
+        keys=sample_keys(family.sample_keys),
     )
 
 

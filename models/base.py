@@ -40,6 +40,9 @@ class Family(ABC):
     #: (``inference.tta``) negates and swaps these components as it flips and turns windows
     #: back; every other output channel is a scalar map.
     vector_maps: ClassVar[Mapping[str, tuple[int, int]]] = {}
+    #: Sample arrays the family reads beyond ``loader.keys.SAMPLE_KEYS`` (e.g. precomputed
+    #: weight, marker or heatmap arrays a reader supplies); the engine passes them through.
+    sample_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg
