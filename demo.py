@@ -24,8 +24,17 @@ import numpy as np
 from scipy import ndimage
 
 from config import setup_logging
-from engine.run import default_run_dir
+from engine.distributed import resolve_device
+from engine.run import RunRequest, default_run_dir, run
+from inference.folder import run_folder
+from inference.processing import process_folder
+from inference.rawfile import find_raw
+from loader import read_dataset
+from loader.synthetic import write_dataset
+from metrics import instance_stats, mean_rows
 from misc.errors import cli_main
+from misc.utils import remap_label
+from models.checkpoint import load_checkpoint
 
 HELDOUT_SEED = 1_000_003
 BASELINE_MIN_AREA = 10
@@ -40,8 +49,6 @@ def threshold_baseline(np_prob: np.ndarray, min_area: int = BASELINE_MIN_AREA) -
     Returns:
         (H, W) int32 instance map.
     """
-    from misc.utils import remap_label
-
     mask = np.asarray(np_prob).reshape(np_prob.shape[:2]) >= 0.5
     labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
     areas = np.bincount(labels.ravel())
@@ -53,10 +60,6 @@ def threshold_baseline(np_prob: np.ndarray, min_area: int = BASELINE_MIN_AREA) -
 
 def baseline_scores(raw_dir: Path, gt_root: Path) -> dict[str, float]:
     """Mean PQ/Dice/AJI of :func:`threshold_baseline` over the raw files in ``raw_dir``."""
-    from loader import read_dataset
-    from metrics import instance_stats, mean_rows
-    from inference.rawfile import find_raw
-
     truth = {sample.name: sample.inst_map for sample in read_dataset("folder", gt_root)}
     rows = []
     for ref in find_raw(raw_dir):
@@ -68,13 +71,6 @@ def baseline_scores(raw_dir: Path, gt_root: Path) -> dict[str, float]:
 
 def run_demo(out: Path, n_tiles: int = 4, num_threads: int | None = None, overrides: tuple[str, ...] = ()) -> dict:
     """Train, infer, process and score; return the summary printed as JSON."""
-    from engine.checkpoint import load_checkpoint
-    from engine.run import RunRequest, run
-    from engine.distributed import resolve_device
-    from inference.folder import run_folder
-    from inference.processing import process_folder
-    from loader.synthetic import write_dataset
-
     start = time.perf_counter()
     heldout = out / "heldout"
     write_dataset(heldout, n_tiles, seed=HELDOUT_SEED)

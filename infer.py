@@ -17,9 +17,10 @@ from typing import Sequence
 
 from config import add_logging_arguments, setup_logging
 from engine.distributed import resolve_device
-from misc.errors import UserError, cli_main
 from inference.folder import run_folder
 from inference.rawfile import OUTPUT_FORMATS
+from misc.errors import UserError, cli_main
+from models.checkpoint import load_checkpoint
 
 log = logging.getLogger("infer")
 
@@ -58,8 +59,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     """Run inference over the input folder; returns the exit code."""
-    from engine.checkpoint import load_checkpoint
-
     args = parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     device = resolve_device(args.device)

@@ -5,9 +5,10 @@ one 2-core CPU of this project and 1.7 steps/s on another, so a fixed epoch coun
 recipe within its budget. :func:`measure` times, on this host and on the run's own training
 data, what the run spends its time on:
 
-- one optimiser step of the first phase (its batch size, autocast and memory format, exactly as
-  the engine runs them) and the loader's cost per training sample (reading, augmentation,
-  targets);
+- one optimiser step of the first phase (its batch size, autocast, gradient scaling, clipping
+  and memory format: the engine's own :func:`engine.loop.train_step` and
+  :func:`engine.loop.optimizer_step`) and the loader's cost per training sample (reading,
+  augmentation, targets);
 - one inference window with the profile's TTA, plus the BatchNorm adaptation pass when
   ``infer.bn_adapt`` is on (scoring the validation images after training).
 
@@ -38,7 +39,19 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from config import load_config
+from engine.data import ImageView, build_train_dataset, read_source
+from engine.distributed import resolve_device
+from engine.loop import (
+    batch_to_device, optimizer_step, phase_loss_weights, train_step, training_amp_dtype, training_channels_last,
+)
+from engine.optim import build_optimizer
+from inference.folder import list_images
+from inference.predict import family_predictor, inference_precision, with_infer_overrides
+from inference.tiling import TileSpec, window_count
 from misc.errors import UserError, cli_main
+from misc.io import read_image
+from models import get_family
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +123,6 @@ def time_training(family: Any, dataset: Any, device: torch.device, repeats: int 
             engine caches after the first epoch (e.g. FullNet's weight maps) count as cached.
         repeats: timed steps after two warm-up steps, each on its own batch.
     """
-    from engine import loop, optim
-
     cfg = family.cfg
     phase = cfg["train"]["phases"][0]
     batch_size = int(phase["batch_size"])
@@ -125,25 +136,23 @@ def time_training(family: Any, dataset: Any, device: torch.device, repeats: int 
     sample_s = (time.perf_counter() - start) / len(items)
 
     net = family.build_network().to(device)
-    amp_dtype = loop.training_amp_dtype(cfg["train"], device)
-    channels_last = loop.training_channels_last(net, cfg["train"], device, amp_dtype)
+    amp_dtype = training_amp_dtype(cfg["train"], device)
+    channels_last = training_channels_last(net, cfg["train"], device, amp_dtype)
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    optimizer = optim.build_optimizer(family.parameter_groups(net, phase), phase.get("optimizer") or {}, "timing")
+    optimizer = build_optimizer(family.parameter_groups(net, phase), phase.get("optimizer") or {}, "timing")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     family.train_mode(net, phase)
     batches = iter([
-        loop.batch_to_device(default_collate(items[first:first + batch_size]), device, channels_last)
+        batch_to_device(default_collate(items[first:first + batch_size]), device, channels_last)
         for first in range(0, len(items), batch_size)
     ])
-    weights = loop.phase_loss_weights(phase)
+    weights = phase_loss_weights(phase)
 
     def step() -> None:
-        batch = next(batches)
-        with loop.autocast_context(device, amp_dtype):
-            loss, _ = family.loss(family.forward(net, batch), batch, weights)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(family, net, next(batches), weights, device, amp_dtype, scaler)
+        optimizer_step(optimizer, params, cfg["train"].get("clip_grad_norm"), scaler)
 
     sync = _synchronizer(device)
     _median_seconds(step, 2, sync)
@@ -156,8 +165,6 @@ def time_inference(family: Any, device: torch.device, repeats: int = 1) -> float
     is on, divided by the batch size; in ``infer.py``'s precision and memory format
     (:func:`inference.predict.inference_precision`). One warm-up run comes
     first (with 8-fold TTA a run is 9 network passes of the batch, so one timed run suffices)."""
-    from inference.predict import family_predictor, inference_precision, with_infer_overrides
-
     infer_cfg = family.cfg["infer"]
     batch_size, size = int(infer_cfg.get("batch_size", 1)), int(infer_cfg["input_size"])
     net = family.build_network().to(device).eval()
@@ -184,8 +191,6 @@ def measure(family: Any, dataset: Any, device: torch.device) -> HostTimes:
 
 def score_windows(family: Any, image_shapes: Sequence[tuple[int, int]]) -> int:
     """Windows the family's tiler runs over images of these (H, W) shapes."""
-    from inference.tiling import TileSpec, window_count
-
     spec = TileSpec.from_config(family.cfg["infer"])
     return sum(window_count(shape, spec) for shape in image_shapes)
 
@@ -220,13 +225,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     The timing itself (a few warm-up and timed steps, about 10-60 s) counts against ``--budget-s``.
     """
-    from config import load_config
-    from engine.distributed import resolve_device
-    from engine.data import ImageView, build_train_dataset, read_source
-    from inference.folder import list_images
-    from misc.io import read_image
-    from models import get_family
-
     started = time.monotonic()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -12,6 +12,13 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from engine.distributed import DistInfo
+from loader.augment import build_augment, load_augment_preset
+from loader.datasets import SampleDataset, open_patches, seed_worker
+from loader.keys import IMAGE, NAME, SAMPLE_KEYS, sample_keys
+from loader.readers import read_dataset
+from loader.readers.core import Arrays, Dataset, Record
+from loader.synthetic import NUCLEUS_TYPES, generate_tile, tile_seed
+from loader.synthetic_tissue import PATCH_CLASSES, generate_tissue_tile
 from misc.errors import UserError
 from models.base import Family
 
@@ -23,14 +30,9 @@ SYNTHETIC_KINDS = ("nuclei", "tissue")
 
 def _synthetic_arrays(seed: int, size: int, kind: str = "nuclei") -> Any:
     """Arrays of one synthetic tile (module-level so DataLoader workers can pickle it)."""
-    from loader.readers.core import Arrays
-    from loader.synthetic import generate_tile
-    from loader.synthetic_tissue import generate_tissue_tile
-
     if kind == "tissue":
         tile = generate_tissue_tile(seed, (size, size))
         return Arrays(image=tile.image, type_map=tile.tissue_map, labels=tile.labels)
-
     image, inst_map, type_map = generate_tile(seed, (size, size))
     return Arrays(image=image, inst_map=inst_map, type_map=type_map)
 
@@ -43,10 +45,6 @@ def _unchanged(arrays: Any, record: Any) -> Any:
 def synthetic_dataset(n: int, seed: int, size: int, offset: int = 0, kind: str = "nuclei") -> Any:
     """``n`` lazy synthetic tiles ``tile_seed(seed, offset + i)`` of ``kind`` (see
     :data:`SYNTHETIC_KINDS`) as a ``loader`` Dataset."""
-    from loader.readers.core import Dataset, Record
-    from loader.synthetic import NUCLEUS_TYPES, tile_seed
-    from loader.synthetic_tissue import PATCH_CLASSES
-
     if kind not in SYNTHETIC_KINDS:
         raise UserError(f"data.synthetic.kind '{kind}' is not one of {list(SYNTHETIC_KINDS)}")
     class_names = PATCH_CLASSES if kind == "tissue" else tuple(name for name, _ in NUCLEUS_TYPES.values())
@@ -75,18 +73,14 @@ def read_source(source: str, split: str | None = None) -> Any:
         UserError: the source is neither form, or the reader refuses it.
     """
     if Path(source).exists():
-        from loader.datasets import open_patches
-
         return open_patches(source, split)
     if ":" not in source:
         raise UserError(
             f"--data '{source}': expected 'synthetic', KIND:ROOT (e.g. consep_mat:/data/consep) "
             "or an existing patch folder/.h5 from extract_patches.py"
         )
-    import loader
-
     kind, root = source.split(":", 1)
-    return loader.read_dataset(kind, root, split=split)
+    return read_dataset(kind, root, split=split)
 
 
 def _field(item: Any, key: str) -> Any:
@@ -161,11 +155,11 @@ def build_splits(data_cfg: dict, seed: int) -> tuple[Any, Any]:
     return train, val
 
 
-def sample_dict(sample: Any) -> dict[str, Any]:
+def sample_dict(sample: Any, keys: Sequence[str] = SAMPLE_KEYS) -> dict[str, Any]:
     """A sample's arrays as a dict: ``image`` (H, W, 3) uint8 and, when present, ``inst_map``,
-    ``type_map`` (H, W) int32 and ``labels`` (C,) int; plus ``name``."""
-    out: dict[str, Any] = {"name": _field(sample, "name") or ""}
-    for key in ("image", "inst_map", "type_map", "labels"):
+    ``type_map`` (H, W) int32, ``labels`` (C,) int and any further ``keys``; plus ``name``."""
+    out: dict[str, Any] = {NAME: _field(sample, NAME) or ""}
+    for key in keys:
         value = _field(sample, key)
         if value is not None:
             out[key] = value
@@ -182,7 +176,7 @@ class ImageView(Sequence):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        return sample_dict(self.samples[index])["image"]
+        return sample_dict(self.samples[index], (IMAGE,))[IMAGE]
 
 
 def build_train_dataset(family: Family, samples: Any, cfg: dict, cache_dir: Path | None = None) -> Any:
@@ -191,9 +185,6 @@ def build_train_dataset(family: Family, samples: Any, cfg: dict, cache_dir: Path
 
     A target builder with a ``cache_key`` (expensive per-sample maps such as weight maps)
     gets its pre-augmentation maps cached under ``cache_dir``."""
-    from loader.augment import build_augment, load_augment_preset
-    from loader.datasets import SampleDataset
-
     spec = cfg["data"].get("augment")
     ops = list(load_augment_preset(spec) if isinstance(spec, str) else spec or [])
     patch = cfg["data"].get("patch_size")
@@ -208,6 +199,7 @@ def build_train_dataset(family: Family, samples: Any, cfg: dict, cache_dir: Path
         target_builder=builder,
         seed=int(cfg["train"]["seed"]),
         cache_dir=cache_dir if cached else None,
+        keys=sample_keys(family.sample_keys),
     )
 
 
@@ -216,8 +208,6 @@ def build_loader(dataset: Any, batch_size: int, info: DistInfo, seed: int, num_w
 
     The order depends only on (seed, epoch); ``batch_size`` is per process.
     """
-    from loader.datasets import seed_worker
-
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
     return DataLoader(
         dataset,

@@ -38,9 +38,11 @@ from engine.distributed import DistInfo, barrier, mean_across
 from engine.optim import build_optimizer, build_scheduler
 from engine.records import MetricsTable, progress_bar, tensorboard_writer
 from engine.validate import validate
+from loader.keys import IMAGE
 from misc.errors import UserError
 from misc.precision import autocast_dtype, channels_last_allowed
 from models.base import Family
+from models.checkpoint import load_state
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ def autocast_context(device: torch.device, amp_dtype: torch.dtype | None) -> con
 def batch_to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
     out = {}
     for key, value in batch.items():
-        if key == "image":
+        if key == IMAGE:
             out[key] = image_tensor(value, device, channels_last)
         elif isinstance(value, torch.Tensor):
             out[key] = value.to(device, non_blocking=True)
@@ -333,7 +335,7 @@ def train(setup: Setup, resume: dict | None = None) -> TrainResult:
 
     Args:
         setup: the built family, network (on its device), datasets and run directory.
-        resume: a checkpoint dict from :func:`engine.checkpoint.read_checkpoint`, already
+        resume: a checkpoint dict from :func:`models.checkpoint.read_checkpoint`, already
             checked with :func:`engine.checkpoint.check_compatible`; its weights are loaded here.
 
     Returns:
@@ -358,7 +360,7 @@ def train(setup: Setup, resume: dict | None = None) -> TrainResult:
 
     loop = Loop()
     if resume is not None:
-        ckpt.load_state(net, resume["model"], "--resume checkpoint")
+        load_state(net, resume["model"], "--resume checkpoint")
         loop = Loop(epoch=int(resume["epoch"]), step=int(resume["step"]), best_metric=resume.get("best_metric"),
                     seconds=float(resume.get("train_seconds") or 0.0))
     if budget_s is not None:
@@ -408,25 +410,52 @@ def train(setup: Setup, resume: dict | None = None) -> TrainResult:
     return TrainResult(net=net, epoch=loop.epoch, step=loop.step, best_metric=loop.best_metric, last_scores=scores)
 
 
-def _optimizer_step(state: PhaseState, params: list[nn.Parameter], clip_grad_norm: float | None) -> float:
-    """Unscale (AMP fp16), clip, step, zero the gradients and advance the schedule.
+def train_step(
+    family: Family, model: nn.Module, batch: dict[str, Any], weights: dict[str, float], device: torch.device,
+    amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None = None, accumulate: int = 1,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward, loss and backward of one micro-batch, as training runs it (and the budget
+    planner times it): ``family.forward`` and ``family.loss`` under autocast to ``amp_dtype``,
+    then the gradients of ``loss / accumulate`` (scaled by ``scaler`` under AMP fp16) added to
+    the parameters' ``.grad``.
+
+    Args:
+        model: the network ``family.forward`` calls (possibly DDP-wrapped), in train mode.
+        batch: a collated batch on ``device`` (see :func:`batch_to_device`).
+        weights: the phase's loss-term weights.
 
     Returns:
-        The learning rate this step used.
+        The loss (0-dim) and its named terms, detached, in the autocast dtype's precision.
     """
-    if state.scaler is not None:
-        state.scaler.unscale_(state.optimizer)
+    with autocast_context(device, amp_dtype):
+        outputs = family.forward(model, batch)
+        loss, terms = family.loss(outputs, batch, weights)
+    scaled = loss / accumulate
+    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+    return loss.detach(), {name: term.detach() for name, term in terms.items()}
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], clip_grad_norm: float | None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> float:
+    """Unscale (AMP fp16), clip the gradient norm of ``params`` to ``clip_grad_norm`` (None or 0:
+    no clipping), step and zero the gradients.
+
+    Returns:
+        The learning rate this step used (of the first parameter group).
+    """
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if clip_grad_norm:
         torch.nn.utils.clip_grad_norm_(params, float(clip_grad_norm))
-    if state.scaler is not None:
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
     else:
-        state.optimizer.step()
-    state.optimizer.zero_grad(set_to_none=True)
-    lr = state.optimizer.param_groups[0]["lr"]
-    state.scheduler.step()
-    return lr
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return optimizer.param_groups[0]["lr"]
 
 
 def _train_epoch(setup: Setup, state: PhaseState, loop: Loop, options: StepOptions, writer: Any) -> dict[str, float]:
@@ -457,20 +486,17 @@ def _train_epoch(setup: Setup, state: PhaseState, loop: Loop, options: StepOptio
         last_micro = (index + 1) % accumulate == 0 or index + 1 == n_batches
         sync = contextlib.nullcontext() if last_micro or not info.distributed else model.no_sync()
         with sync:
-            with autocast_context(device, options.amp_dtype):
-                outputs = family.forward(model, batch)
-                loss, terms = family.loss(outputs, batch, state.weights)
+            loss, terms = train_step(family, model, batch, state.weights, device, options.amp_dtype, scaler, accumulate)
             names = ["loss", *terms]
-            values = mean_across(torch.stack([loss.detach().float(), *(t.detach().float() for t in terms.values())]), info)
+            values = mean_across(torch.stack([loss.float(), *(t.float() for t in terms.values())]), info)
             _check_finite(values.cpu(), names, loop.epoch, loop.step, state.name)
-            scaled = loss / accumulate
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
         for name, value in zip(names, values.tolist()):
             sums[name] = sums.get(name, 0.0) + value
         count += 1
         if not last_micro:
             continue
-        lr = _optimizer_step(state, params, options.clip_grad_norm)
+        lr = optimizer_step(optimizer, params, options.clip_grad_norm, scaler)
+        state.scheduler.step()
         loop.step += 1
         if info.is_main and loop.step % options.log_every == 0:
             shown = " ".join(f"{n} {v:.4f}" for n, v in zip(names, values.tolist()))

@@ -20,6 +20,7 @@ from engine.loop import Setup, TrainResult, train
 from engine.summary import network_summary
 from misc.errors import UserError
 from models import defaults_path, get_family, load_plugins
+from models.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def run(request: RunRequest) -> TrainResult | None:
     load_plugins(request.plugins)
     family_cls = get_family(request.model)
     checkpoint_path = resume_path(request)
-    resume = ckpt.read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+    resume = read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
     cfg = resolve_config(request, resume, defaults_path(request.model))
     if resume is not None:
         ckpt.check_compatible(resume, request.model, cfg, checkpoint_path)

@@ -11,6 +11,7 @@ from torch import nn
 
 from engine.data import sample_dict
 from inference.predict import infer_image
+from loader.keys import sample_keys
 from metrics import mean_rows
 from models.base import Family
 
@@ -31,7 +32,7 @@ def validate(
     rows: list[dict[str, float]] = []
     overlays: list[np.ndarray] = []
     for sample in samples:
-        truth = sample_dict(sample)
+        truth = sample_dict(sample, sample_keys(family.sample_keys))
         raw = infer_image(family, net, truth["image"], device, amp_dtype=amp_dtype)
         result = family.postprocess(raw, mag=cfg["infer"].get("mag"))
         rows.append(family.evaluate(result, truth))

@@ -154,7 +154,7 @@ def run_folder(
     """Predict every image of a folder into raw files, skipping images already done.
 
     Args:
-        family, net: as returned by ``engine.checkpoint.load_checkpoint``.
+        family, net: as returned by ``models.checkpoint.load_checkpoint``.
         input_path: a folder of images (or one image file).
         output_dir: receives ``<stem>.npz`` per image, or ``raw.h5`` with one group per image.
         device: the network's device.

@@ -26,8 +26,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from inference.tiling import ArraySink, TileSpec, predict_tiled
+from inference.tta import tta_average, tta_transforms
 from misc.errors import UserError
 from misc.precision import autocast_dtype, channels_last_allowed
+from models.base import Family
 
 
 def check_adapt_weight(weight: float) -> float:
@@ -104,17 +106,26 @@ def with_infer_overrides(family: Any, **overrides: Any) -> Any:
     return clone
 
 
-def family_predictor(family: Any, net: nn.Module, device: torch.device, amp_dtype: torch.dtype | None = None) -> Any:
+def family_predictor(family: Family, net: nn.Module, device: torch.device, amp_dtype: torch.dtype | None = None) -> Any:
     """Wrap ``family.predict`` as numpy (N, I, I, 3) uint8 → named (N, O, O, C) float32 maps.
 
     ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the network under autocast; None: float32.
+    With ``infer.tta`` (``true`` or a list of transform names, see :mod:`inference.tta`) the
+    maps are the mean over the transformed windows, the family's ``vector_maps`` rotated back.
+
+    Raises:
+        UserError: an ``infer.tta`` that names an unknown transform.
     """
+    transforms = tta_transforms(family.cfg["infer"].get("tta"))
+
+    def forward(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return family.predict(net, batch)
 
     def predict(windows: np.ndarray) -> dict[str, np.ndarray]:
         batch = torch.from_numpy(np.ascontiguousarray(windows)).to(device).permute(0, 3, 1, 2).float().contiguous()
         autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
         with torch.inference_mode(), autocast:
-            outputs = family.predict(net, batch)
+            outputs = tta_average(forward, batch, transforms, family.vector_maps) if transforms else forward(batch)
         return {name: value.float().permute(0, 2, 3, 1).cpu().numpy() for name, value in outputs.items()}
 
     return predict
@@ -174,7 +185,7 @@ def infer_image(
     image: np.ndarray,
     device: str | torch.device,
     batch_size: int | None = None,
-    tta: bool | None = None,
+    tta: bool | list[str] | None = None,
     amp_dtype: torch.dtype | None = None,
     bn_adapt: float | None = None,
 ) -> dict[str, np.ndarray]:
@@ -186,7 +197,8 @@ def infer_image(
         image: (H, W, 3) uint8 RGB, before the family's ``preprocess_image``.
         device: the network's device.
         batch_size: windows per forward pass (``None``: ``infer.batch_size``).
-        tta: test-time augmentation on/off (``None``: ``infer.tta`` of the config).
+        tta: test-time augmentation: on (8 dihedral transforms), off, or a list of transform
+            names (``None``: ``infer.tta`` of the config; see :mod:`inference.tta`).
         amp_dtype: autocast dtype for the network (``None``: float32).
         bn_adapt: BatchNorm adaptation weight (``None``: ``infer.bn_adapt``; see
             :func:`adapted_to_image`).

@@ -15,8 +15,12 @@ from tqdm import tqdm
 
 from inference.folder import write_failure
 from inference.rawfile import RawRef, find_raw
+from loader import read_dataset
+from metrics import mean_rows
+from metrics.scoring import LabelPair, print_table, score_pairs, write_results
 from misc.errors import UserError
-from postproc.formats import DEFAULT_FORMATS
+from models import get_family, load_plugins
+from postproc.formats import DEFAULT_FORMATS, FORMATS, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +49,6 @@ def process_raw(
     Returns:
         ``(name, mag, inst_map, type_map)``; the maps only when ``keep_maps`` (for scoring).
     """
-    from models import get_family, load_plugins
-    from postproc.formats import write_outputs
-
     load_plugins()  # families registered by $HISTOSEG_PLUGINS modules (processes start fresh)
     raw = ref.load()
     family = get_family(raw.family)(raw.config)
@@ -90,10 +91,6 @@ def score_predictions(
         The metric files written. Types are scored when every pair has true and predicted
         type maps (type ids 1..the largest one seen).
     """
-    from loader import read_dataset
-    from metrics import mean_rows
-    from metrics.scoring import LabelPair, print_table, score_pairs, write_results
-
     kind, root = parse_gt(gt)
     pairs = []
     for sample in read_dataset(kind, root):
@@ -149,8 +146,6 @@ def process_folder(
         UserError: bad arguments, or an output that cannot be written (e.g. a full disk).
     """
     from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from postproc.formats import FORMATS
 
     formats = tuple(formats)
     unknown = [fmt for fmt in formats if fmt not in FORMATS]

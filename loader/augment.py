@@ -34,6 +34,7 @@ from scipy import ndimage
 from skimage.color import hed_from_rgb, rgb_from_hed
 
 from loader.colour import lab_statistics, macenko_stains, reinhard_normalise, to_uint8
+from loader.keys import LABEL_MAPS
 from misc.errors import UserError
 
 Sample = dict[str, Any]
@@ -125,7 +126,7 @@ def check_sample(sample: Mapping[str, Any]) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         got = f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
         raise UserError(f"augment: sample 'image' is {got}; expected an (H, W, 3) uint8 array")
-    for key in ("inst_map", "type_map"):
+    for key in LABEL_MAPS:
         value = sample.get(key)
         if value is not None and (not isinstance(value, np.ndarray) or value.shape != image.shape[:2]):
             got = value.shape if isinstance(value, np.ndarray) else type(value).__name__

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from loader.extract import MANIFEST_NAME, load_manifest, resolve_group
+from loader.keys import LABEL_MAPS, SAMPLE_KEYS
 from misc.errors import UserError
 from misc.io import atomic_write
 
@@ -189,14 +190,15 @@ def open_patches(path: str | os.PathLike, split: str | None = None) -> PatchSour
 # ----------------------------------------------------------------------------------------- dataset
 
 
-def _sample_arrays(sample: Any, where: str, check: bool = True) -> dict[str, np.ndarray]:
+def _sample_arrays(sample: Any, where: str, check: bool = True, keys: Sequence[str] = SAMPLE_KEYS,
+                   ) -> dict[str, np.ndarray]:
     """The arrays of a reader sample or patch as a sample dict, validated when ``check``.
 
-    Keys: ``image`` (H, W, 3) uint8; ``inst_map``, ``type_map`` (H, W) int32 and ``labels``
-    (C,) when the sample has them.
+    Keys (:mod:`loader.keys`): ``image`` (H, W, 3) uint8; ``inst_map``, ``type_map`` (H, W)
+    int32, ``labels`` (C,) and any further ``keys`` when the sample has them.
     """
     arrays: dict[str, np.ndarray] = {}
-    for key in ("image", "inst_map", "type_map", "labels"):
+    for key in keys:
         value = sample.get(key) if isinstance(sample, Mapping) else getattr(sample, key, None)
         if value is not None:
             arrays[key] = np.asarray(value)
@@ -205,12 +207,12 @@ def _sample_arrays(sample: Any, where: str, check: bool = True) -> dict[str, np.
         if image is None or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             got = "no image" if image is None else f"image {image.shape} {image.dtype}"
             raise UserError(f"{where}: has {got}; expected an (H, W, 3) uint8 image")
-        for key in ("inst_map", "type_map"):
+        for key in LABEL_MAPS:
             value = arrays.get(key)
             if value is not None and (value.shape != image.shape[:2] or value.dtype.kind not in "iu"):
                 raise UserError(f"{where}: {key} is {value.shape} {value.dtype}; expected (H, W) integers with the "
                                 f"image's {image.shape[:2]}")
-    for key in ("inst_map", "type_map"):
+    for key in LABEL_MAPS:
         if key in arrays:
             arrays[key] = arrays[key].astype(np.int32, copy=False)
     return arrays
@@ -243,6 +245,8 @@ class SampleDataset(torch.utils.data.Dataset):
         cache_dir: folder for cached ``precompute`` outputs, or None.
         cache_key: names the target options in the cache (``cache_dir/<cache_key>/``); falls
             back to ``target_builder.cache_key``.
+        keys: the sample arrays read from each source sample (:func:`loader.keys.sample_keys`
+            of the family's extra keys).
 
     ``__getitem__`` returns a dict of numpy arrays for the default collate: the builder's
     output, plus the augmented ``image`` (H, W, 3) uint8 when the builder returns none.
@@ -250,7 +254,8 @@ class SampleDataset(torch.utils.data.Dataset):
 
     def __init__(self, source: Sequence[Any] | str | os.PathLike, augment: Callable[..., dict] | None = None,
                  target_builder: TargetBuilder | None = None, seed: int = 0,
-                 cache_dir: str | os.PathLike | None = None, cache_key: str | None = None) -> None:
+                 cache_dir: str | os.PathLike | None = None, cache_key: str | None = None,
+                 keys: Sequence[str] = SAMPLE_KEYS) -> None:
         if isinstance(source, (str, os.PathLike)):
             source = open_patches(source)
         if not hasattr(source, "__len__") or not hasattr(source, "__getitem__"):
@@ -260,6 +265,7 @@ class SampleDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.target_builder = target_builder
         self.seed = int(seed)
+        self.keys = tuple(keys)
         self._precompute = getattr(target_builder, "precompute", None)
         self.cache_dir = None
         if cache_dir is not None:
@@ -297,7 +303,7 @@ class SampleDataset(torch.utils.data.Dataset):
         sample = self.source[index]
         name = str(getattr(sample, "name", index))
         where = f"{getattr(sample, 'source', '') or 'sample'} ('{name}', item {index})"
-        arrays = _sample_arrays(sample, where, check=index not in self._checked)
+        arrays = _sample_arrays(sample, where, check=index not in self._checked, keys=self.keys)
         self._checked.add(index)
         return name, arrays
 

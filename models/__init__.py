@@ -1,80 +1,48 @@
-"""Model families and their registry.
+"""Model families: the registry (:mod:`models.registry`), notebook entry points and checkpoint loading.
 
-Each family lives in ``models/<family>/`` and is registered here by one line: its name and
-the import path of its :class:`models.base.Family` subclass. Families outside the package
-(experiments, tests) register themselves from a plugin module: ``train.py --plugin
-my.module`` or ``HISTOSEG_PLUGINS=my.module,other.module`` imports the module, which calls
-:func:`register_family`.
+In a notebook::
+
+    import models
+    family = models.create_family("hovernet", profile="cpu", overrides=["infer.tta=false"])
+    net = family.build_network()
+    net = models.load_model("runs/hovernet/checkpoints/best.pt")
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import os
-from pathlib import Path
+from typing import Iterable
 
 from torch import nn
 
-from misc.errors import UserError
+from config import load_config
 from models.base import Family
+from models.checkpoint import load_checkpoint
+from models.registry import FAMILIES, PLUGINS_ENV, defaults_path, get_family, load_plugins, register_family
 
-FAMILIES: dict[str, str] = {
-    "hovernet": "models.hovernet.family:HoVerNetFamily",
-    "fullnet": "models.fullnet.family:FullNetFamily",
-    "h2gnet": "models.h2gnet.family:H2GNetFamily",
-    "histosegnet": "models.histosegnet.family:HistoSegNetFamily",
-}
-PLUGINS_ENV = "HISTOSEG_PLUGINS"
-
-
-def register_family(name: str, target: str | type[Family]) -> None:
-    """Register a family by import path ``'package.module:Class'`` or by class."""
-    FAMILIES[name] = target  # type: ignore[assignment]
+__all__ = [
+    "FAMILIES", "PLUGINS_ENV", "Family", "create_family", "defaults_path", "get_family", "load_model", "load_plugins",
+    "register_family",
+]
 
 
-def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """Import plugin modules that register families: ``modules`` plus ``$HISTOSEG_PLUGINS``.
+def create_family(name: str, profile: str | None = None, overrides: Iterable[str] = ()) -> Family:
+    """A configured family, as ``train.py --model NAME --profile PROFILE --set ...`` builds it.
 
-    ``$HISTOSEG_PLUGINS`` is a comma-separated list of module names.
+    Args:
+        name: a registered family (``hovernet``, ``fullnet``, or one registered by a plugin).
+        profile: a profile of the family's YAML (``opt/<name>.yaml``); None: the default profile (``paper``).
+        overrides: ``KEY=VALUE`` strings as ``--set`` takes them, e.g. ``"infer.tta=false"``.
 
     Returns:
-        The module names imported, in order.
+        The family instance with its resolved ``cfg``; ``build_network()`` gives an untrained
+        network, ``norm_stats`` is None until fitted or read from a checkpoint.
 
     Raises:
-        UserError: a module cannot be imported (names it and the import error).
+        UserError: unknown family or profile, or a bad override.
     """
-    env = [name.strip() for name in os.environ.get(PLUGINS_ENV, "").split(",") if name.strip()]
-    names = list(dict.fromkeys([*env, *modules]))
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            raise UserError(f"plugin '{name}' cannot be imported ({err}); pass an importable module name") from None
-    return names
-
-
-def get_family(name: str) -> type[Family]:
-    """The family class registered under ``name``.
-
-    Raises:
-        UserError: the name is unknown (the message names the closest valid one).
-    """
-    if name not in FAMILIES:
-        close = difflib.get_close_matches(name, list(FAMILIES), n=1, cutoff=0.0)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise UserError(f"unknown model family '{name}' (have {sorted(FAMILIES)}){hint}")
-    target = FAMILIES[name]
-    if isinstance(target, str):
-        module, attr = target.split(":")
-        return getattr(importlib.import_module(module), attr)
-    return target
-
-
-def defaults_path(name: str) -> Path | None:
-    """The family's defaults YAML when it keeps one outside ``opt/`` (see ``Family.default_config_path``)."""
-    path = get_family(name).default_config_path()
-    return Path(path) if path is not None else None
+    family_cls = get_family(name)
+    return family_cls(load_config(name, profile, overrides=list(overrides), defaults_path=defaults_path(name)))
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
@@ -88,6 +56,4 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
     Raises:
         UserError: the file is neither kind.
     """
-    from engine.checkpoint import load_checkpoint
-
     return load_checkpoint(path, device)[1]

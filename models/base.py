@@ -9,13 +9,16 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from loader.colour import lab_statistics, reinhard_normalise
+from metrics import instance_stats
 from misc.errors import UserError
+from misc.io import read_image
 
 
 def under_prefix(name: str, prefixes: Sequence[str]) -> bool:
@@ -32,6 +35,14 @@ class Family(ABC):
 
     #: The registered name (``models.FAMILIES`` key); checkpoints and raw files record it.
     name: ClassVar[str] = ""
+    #: Outputs of :meth:`predict` that hold a vector field: name -> (x channel, y channel), x
+    #: along the width (horizontal), y along the height (vertical). Test-time augmentation
+    #: (``inference.tta``) negates and swaps these components as it flips and turns windows
+    #: back; every other output channel is a scalar map.
+    vector_maps: ClassVar[Mapping[str, tuple[int, int]]] = {}
+    #: Sample arrays the family reads beyond ``loader.keys.SAMPLE_KEYS`` (e.g. precomputed
+    #: weight, marker or heatmap arrays a reader supplies); the engine passes them through.
+    sample_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg
@@ -128,9 +139,6 @@ class Family(ABC):
             raise UserError("model.reinhard and model.reinhard_anchor are both set; "
                             "give target statistics, 'fit' or an anchor image")
         if anchor is not None:
-            from loader.colour import lab_statistics
-            from misc.io import read_image
-
             mean, std = lab_statistics(read_image(anchor))
             return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
         if target is None or target == "fit":
@@ -155,8 +163,6 @@ class Family(ABC):
         the configured target (None when off)."""
         if self.configured_reinhard != "fit":
             return self.configured_reinhard
-        from loader.colour import lab_statistics
-
         stats = [lab_statistics(np.asarray(image)) for image in images]
         if not stats:
             raise UserError("model.reinhard is 'fit' but there are no training images to fit it to")
@@ -175,8 +181,6 @@ class Family(ABC):
         goal = self.reinhard_target
         if goal is None:
             return image
-        from loader.colour import reinhard_normalise
-
         return reinhard_normalise(image, goal)
 
     def forward(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -237,8 +241,6 @@ class Family(ABC):
             The default (instance families) gives ``metrics.instance_stats``: dice, dice2,
             aji, aji_plus, dq, sq, pq (NaN where undefined, e.g. no nuclei on either side).
         """
-        from metrics import instance_stats
-
         return {key: float(value) for key, value in instance_stats(sample["inst_map"], result["inst_map"]).items()}
 
     def overlay(self, image: np.ndarray, result: dict[str, Any]) -> np.ndarray | None:

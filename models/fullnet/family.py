@@ -14,11 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from loader.colour import reinhard_normalise
 from misc.errors import UserError
 from models.base import Family
 from models.fullnet.loss import fullnet_loss
+from models.fullnet.net import BLOCK_DILATIONS, FullNet
 from models.fullnet.postproc import instances_from_prob
 from models.fullnet.targets import FullNetTargets
+from postproc.instances import instance_info
 
 NUM_CLASSES = 3
 
@@ -31,8 +34,6 @@ class FullNetFamily(Family):
 
     def build_network(self) -> nn.Module:
         """:class:`models.fullnet.net.FullNet` from ``cfg['model']``."""
-        from models.fullnet.net import BLOCK_DILATIONS, FullNet
-
         model = self.cfg["model"]
         return FullNet(
             in_channels=3,
@@ -63,8 +64,6 @@ class FullNetFamily(Family):
         normalisation, and the Reinhard target itself (``reinhard``, None when off; see
         :meth:`models.base.Family.fit_reinhard_target`), so that a checkpoint normalises
         colours without the anchor image."""
-        from loader.colour import reinhard_normalise
-
         target = self.fit_reinhard_target(images)
         total = np.zeros(3)
         squares = np.zeros(3)
@@ -103,17 +102,10 @@ class FullNetFamily(Family):
 
     def predict(self, net: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``prob``: (N, 3, H, W) float32 probabilities of background, inside, contour for
-        (N, 3, H, W) windows in 0-255; averaged over the 8 dihedral transforms with ``infer.tta``."""
-
-        def probabilities(x: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"prob": net(self.normalise(x)).float().softmax(1)}
-
+        (N, 3, H, W) windows in 0-255 (the inference predictor averages them over ``infer.tta``'s
+        transforms)."""
         with torch.no_grad():
-            if self.cfg["infer"].get("tta"):
-                from models.hovernet.tta import dihedral_average
-
-                return dihedral_average(probabilities, images, vector_keys=())
-            return probabilities(images)
+            return {"prob": net(self.normalise(images)).float().softmax(1)}
 
     def postprocess(self, raw: dict[str, np.ndarray], mag: float | None = None, **options: Any) -> dict[str, Any]:
         """Instances from the stitched ``prob`` map.
@@ -128,8 +120,6 @@ class FullNetFamily(Family):
             :func:`postproc.instances.instance_info`), ``inside_prob`` and ``contour_prob``
             (H, W) float32.
         """
-        from postproc.instances import instance_info
-
         if "prob" not in raw:
             raise UserError(f"FullNet post-processing needs the raw map 'prob' (have {sorted(raw)})")
         params = {**(self.cfg.get("postproc") or {}), **options}

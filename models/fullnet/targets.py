@@ -22,6 +22,7 @@ from scipy import ndimage
 from skimage.measure import label as connected_components
 from skimage.morphology import disk
 
+from loader.colour import reinhard_normalise
 from misc.errors import UserError
 from models.fullnet.weights import weight_map
 
@@ -125,8 +126,6 @@ class FullNetTargets:
         else:
             maps["weight_map"] = np.ones(inst_map.shape, np.float32)
         if self.reinhard is not None:
-            from loader.colour import reinhard_normalise
-
             maps["image"] = reinhard_normalise(np.asarray(sample["image"]), self.reinhard)
         return maps
 

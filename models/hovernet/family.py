@@ -1,4 +1,4 @@
-"""The HoVer-Net family: network, targets, loss, prediction (optional dihedral TTA), post-processing.
+"""The HoVer-Net family: network, targets, loss, prediction (HV declared a vector field for TTA), post-processing.
 
 Configuration (``opt/hovernet.yaml``): ``model`` {mode, nr_types, encoder {units, width},
 decoder {width, shared}, pretrained, zero_init_hv, reinhard, reinhard_anchor}; ``targets``
@@ -16,12 +16,11 @@ from torch import nn
 
 from misc.errors import UserError
 from models.base import Family
-from models.hovernet.checkpoint import adopt_published_checkpoint
+from models.hovernet.checkpoint import adopt_published_checkpoint, load_encoder_weights
 from models.hovernet.loss import hovernet_loss
 from models.hovernet.net import Geometry, HoVerNet, geometry_for
 from models.hovernet.postproc import PostprocParams, instances_from_np_hv, scale_params
 from models.hovernet.targets import HoVerTargets
-from models.hovernet.tta import dihedral_average
 from postproc.instances import instance_info, instance_type_map
 
 ENCODER_PREFIX = "encoder"
@@ -49,6 +48,7 @@ class HoVerNetFamily(Family):
     """
 
     name = "hovernet"
+    vector_maps = {"hv": (0, 1)}  # channel 0: horizontal (x) distance, channel 1: vertical (y)
 
     @classmethod
     def adopt_checkpoint(cls, checkpoint: Any, source: str) -> tuple[list[str], dict[str, torch.Tensor]] | None:
@@ -75,8 +75,10 @@ class HoVerNetFamily(Family):
         return int(self.cfg["model"].get("nr_types") or 0)
 
     def build_network(self) -> nn.Module:
-        """:class:`models.hovernet.net.HoVerNet` from ``cfg['model']`` (HV head zeroed with
-        ``model.zero_init_hv``)."""
+        """:class:`models.hovernet.net.HoVerNet` from ``cfg['model']``: the stem and encoder
+        from ``model.pretrained`` (ImageNet pre-activation ResNet-50 weights as the official
+        ``ImageNet-ResNet50-Preact_pytorch.tar`` stores them, read locally; None = random
+        initialisation) and the HV head zeroed with ``model.zero_init_hv``."""
         model = self.cfg["model"]
         self._check_windows()
         encoder = model.get("encoder") or {}
@@ -86,10 +88,11 @@ class HoVerNetFamily(Family):
             mode=str(model["mode"]),
             units=tuple(int(n) for n in encoder.get("units", (3, 4, 6, 3))),
             width=float(encoder.get("width", 1.0)),
-            pretrained=model.get("pretrained"),
             decoder_width=float(decoder.get("width", 1.0)),
             shared_decoder=bool(decoder.get("shared", False)),
         )
+        if model.get("pretrained") is not None:
+            load_encoder_weights(net, model["pretrained"])
         if model.get("zero_init_hv"):
             zero_init_hv_head(net)
         return net
@@ -134,11 +137,10 @@ class HoVerNetFamily(Family):
     def predict(self, net: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``np_prob``, ``hv`` and (typed) ``tp_prob`` for (N, 3, H, W) windows in 0-255.
 
-        With ``infer.tta`` the maps are averaged over the 8 dihedral transforms.
+        The inference predictor averages them over ``infer.tta``'s transforms, rotating ``hv``
+        back as :attr:`vector_maps` declares.
         """
         with torch.no_grad():
-            if self.cfg["infer"].get("tta"):
-                return dihedral_average(lambda x: self.probabilities(net(x)), images)
             return self.probabilities(net(images))
 
     def postprocess(self, raw: dict[str, np.ndarray], mag: float | None = None, **options: Any) -> dict[str, Any]:

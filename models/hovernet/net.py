@@ -32,7 +32,6 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -380,9 +379,6 @@ class HoVerNet(nn.Module):
             channels. 1.0 = published.
         decoder_width: multiplier of the decoders' own channel counts (see :class:`Decoder`);
             the decoders dominate the cost of a narrow encoder. 1.0 = published.
-        pretrained: path of ImageNet pre-activation ResNet-50 weights for the stem and encoder,
-            as the official ``ImageNet-ResNet50-Preact_pytorch.tar`` stores them (read
-            locally, nothing is downloaded); None = random initialisation.
         shared_decoder: one decoder (``decoders.shared``) for all branches, its head giving
             their logits stacked; False = one decoder per branch as published.
 
@@ -398,7 +394,6 @@ class HoVerNet(nn.Module):
         mode: str = "original",
         units: Sequence[int] = DEFAULT_UNITS,
         width: float = 1.0,
-        pretrained: str | Path | None = None,
         decoder_width: float = 1.0,
         shared_decoder: bool = False,
     ) -> None:
@@ -433,10 +428,6 @@ class HoVerNet(nn.Module):
             }
         )
         self._init_weights()
-        if pretrained is not None:
-            from models.hovernet.checkpoint import load_encoder_weights  # checkpoint imports this module
-
-            load_encoder_weights(self, pretrained)
 
     @property
     def mode(self) -> str:

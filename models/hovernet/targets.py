@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 from skimage.measure import label as label_components
 
+from loader.colour import reinhard_normalise
 from misc.errors import UserError
 
 
@@ -112,8 +113,6 @@ class HoVerTargets:
         when a target is set, else nothing."""
         if self.reinhard is None:
             return {}
-        from loader.colour import reinhard_normalise
-
         return {"image": reinhard_normalise(np.asarray(sample["image"]), self.reinhard)}
 
     def __call__(self, sample: dict) -> dict[str, np.ndarray]:

@@ -76,7 +76,7 @@ def test_inference_timing_adds_the_batchnorm_adaptation_pass(monkeypatch) -> Non
         tta = bool(family.cfg["infer"].get("tta"))
         return lambda windows: passes.append(tta)
 
-    monkeypatch.setattr("inference.predict.family_predictor", counting_predictor)
+    monkeypatch.setattr(budget, "family_predictor", counting_predictor)
     budget.time_inference(demo_family(tta="true", bn_adapt=0.5), torch.device("cpu"), repeats=1)
     assert passes == [True, False, True, False]  # warm-up and timed run: the TTA pass, then the plain one
 

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from engine import checkpoint as ckpt
 from engine import loop, run
 from misc.errors import UserError
 from models import load_plugins
+from models.checkpoint import read_checkpoint
 from tests.engine.helpers import PLUGIN
 
 load_plugins([PLUGIN])
@@ -76,7 +76,7 @@ def test_budget_is_refused_for_several_phases() -> None:
 def test_run_trains_the_epochs_that_fit_its_budget(tmp_path, clock: FakeClock) -> None:
     result = _run(tmp_path, "train.time_budget_s=450")
     assert result.epoch == 4  # 4 epochs of 100 s fit in 450 s, not the configured 20
-    checkpoint = ckpt.read_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     assert checkpoint["planned_epochs"] == 4 and checkpoint["train_seconds"] == pytest.approx(400)
 
 
@@ -103,5 +103,5 @@ def test_resumed_run_continues_the_plan_and_the_seconds_spent(tmp_path, clock: F
     monkeypatch.setattr(loop, "_train_epoch", real_epoch)
     result = _run(tmp_path, "train.time_budget_s=450", resume=True)
     assert result.epoch == 4
-    checkpoint = ckpt.read_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     assert checkpoint["train_seconds"] == pytest.approx(400)

@@ -14,6 +14,7 @@ from engine import data, loop, optim, run
 from misc.errors import UserError
 from misc.precision import cpu_bf16_supported
 from models import load_model, load_plugins, register_family
+from models.checkpoint import load_checkpoint, read_checkpoint
 from tests.engine.helpers import PLUGIN
 
 load_plugins([PLUGIN])
@@ -89,7 +90,7 @@ def test_garbage_checkpoint_is_a_user_error(tmp_path):
     path = tmp_path / "latest.pt"
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a readable checkpoint"):
-        ckpt.read_checkpoint(path)
+        read_checkpoint(path)
 
 
 def test_train_mode_puts_frozen_modules_in_eval():
@@ -149,7 +150,7 @@ def test_non_finite_loss_stops_naming_step_and_term(tmp_path):
 
 def test_load_checkpoint_restores_family_norm_stats_and_eval_network(tmp_path):
     result = _run(tmp_path, "toy_patchcls")
-    family, net, meta = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    family, net, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     assert isinstance(family, PatchClassifierFamily) and not net.training
     assert meta["family"] == "toy_patchcls" and meta["epoch"] == 2 and meta["step"] == 4
     train_images = data.ImageView(data.synthetic_dataset(8, 0, 32))

@@ -78,9 +78,7 @@ def test_weight_outside_0_1_is_a_user_error(tmp_path: Path) -> None:
 
 
 def test_cli_flag_reaches_the_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.checkpoint
-
-    monkeypatch.setattr(engine.checkpoint, "load_checkpoint", lambda path, device: (*bn_toy(), {}))
+    monkeypatch.setattr(infer, "load_checkpoint", lambda path, device: (*bn_toy(), {}))
     image = even_image((36, 36))
     write_image(tmp_path / "in" / "a.png", image)
     argv = ["--model-path", "x.pt", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),

@@ -133,9 +133,7 @@ def test_amp_runs_the_network_in_bf16_and_nhwc(tmp_path: Path) -> None:
 
 
 def test_cli_amp_flag_overrides_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.checkpoint
-
-    monkeypatch.setattr(engine.checkpoint, "load_checkpoint", lambda path, device: (*toy_family(amp=True), {}))
+    monkeypatch.setattr(infer, "load_checkpoint", lambda path, device: (*toy_family(amp=True), {}))
     argv = ["--model-path", "x.pt", "--input", str(image_folder(tmp_path)), "--output", str(tmp_path / "out"),
             "--device", "cpu", "--quiet", "--no-amp"]
     assert infer.main(argv) == 0
@@ -145,9 +143,7 @@ def test_cli_amp_flag_overrides_the_checkpoint(tmp_path: Path, monkeypatch: pyte
 
 
 def test_cli_exit_code_1_when_an_image_is_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.checkpoint
-
-    monkeypatch.setattr(engine.checkpoint, "load_checkpoint", lambda path, device: (*toy_family(), {}))
+    monkeypatch.setattr(infer, "load_checkpoint", lambda path, device: (*toy_family(), {}))
     images = image_folder(tmp_path)
     (images / "broken.tif").write_bytes(b"II*\x00garbage")
     argv = ["--model-path", "x.pt", "--input", str(images), "--output", str(tmp_path / "out"), "--device", "cpu", "--quiet"]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import config
+from inference.predict import family_predictor
 from misc.errors import UserError
 from models.fullnet.family import FullNetFamily
 
@@ -102,12 +103,13 @@ def test_predict_returns_probabilities_and_tta_is_equivariant() -> None:
     torch.manual_seed(0)
     family = FullNetFamily(tiny_cfg(tta=True))
     net = family.build_network().eval()
-    images = torch.rand(1, 3, 16, 16) * 255
-    prob = family.predict(net, images)["prob"]
-    assert prob.shape == (1, 3, 16, 16)
-    assert torch.allclose(prob.sum(1), torch.ones(1, 16, 16), atol=1e-5)
-    flipped = family.predict(net, images.flip(3))["prob"]
-    assert torch.allclose(flipped, prob.flip(3), atol=1e-5)
+    predict = family_predictor(family, net, torch.device("cpu"))
+    windows = np.random.default_rng(0).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+    prob = predict(windows)["prob"]
+    assert prob.shape == (1, 16, 16, 3)
+    np.testing.assert_allclose(prob.sum(-1), np.ones((1, 16, 16)), atol=1e-5)
+    flipped = predict(windows[:, :, ::-1])["prob"]
+    np.testing.assert_allclose(flipped, prob[:, :, ::-1], atol=1e-5)
 
 
 def test_postprocess_result_and_options(family: FullNetFamily) -> None:
@@ -125,7 +127,7 @@ def test_postprocess_result_and_options(family: FullNetFamily) -> None:
 
 def test_demo_profile_trains_through_the_engine(tmp_path, monkeypatch) -> None:
     import models
-    from engine.checkpoint import load_checkpoint
+    from models.checkpoint import load_checkpoint
     from engine.run import RunRequest, run
 
     monkeypatch.setitem(models.FAMILIES, "fullnet", "models.fullnet.family:FullNetFamily")
@@ -138,7 +140,7 @@ def test_demo_profile_trains_through_the_engine(tmp_path, monkeypatch) -> None:
 def test_checkpoint_carries_the_anchor_statistics(tmp_path, monkeypatch) -> None:
     import models
     from loader.colour import lab_statistics
-    from engine.checkpoint import load_checkpoint
+    from models.checkpoint import load_checkpoint
     from engine.run import RunRequest, run
     from misc.io import write_image
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from loader.synthetic_tissue import generate_tissue_tile
-from engine.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint
 from engine.run import RunRequest, run
 from loader.synthetic import tile_seed
 from models.histosegnet.pipeline import calibrate_thresholds, score_stages, segment_image

@@ -14,6 +14,7 @@ from models.hovernet.checkpoint import (
     bundled_type_info,
     detect_config,
     from_published_state,
+    load_encoder_weights,
     load_official_checkpoint,
     ours_to_published,
     published_to_ours,
@@ -209,7 +210,8 @@ def test_pretrained_encoder_file_loads_encoder_only(published_keys, tmp_path):
     encoder = random_state(encoder_shapes, seed=4)
     path = tmp_path / "ImageNet-ResNet50-Preact_pytorch.tar"
     torch.save({"desc": encoder}, path)
-    net = HoVerNet(mode="original", pretrained=str(path))
+    net = HoVerNet(mode="original")
+    load_encoder_weights(net, str(path))
     assert torch.equal(net.stem.conv.weight, encoder["conv0./.weight"])
     assert torch.equal(net.encoder[3].out_bn.running_var, encoder["d3.blk_bna.bn.running_var"])
 
@@ -219,11 +221,11 @@ def test_pretrained_encoder_with_other_width_is_a_user_error(published_keys, tmp
     path = tmp_path / "imagenet.tar"
     torch.save({"desc": {"conv0./.weight": torch.zeros(shapes["conv0./.weight"])}}, path)
     with pytest.raises(UserError, match=r"imagenet\.tar' does not fit the encoder.*stem\.conv\.weight"):
-        HoVerNet(mode="fast", units=(1, 1, 1, 1), width=0.25, pretrained=path)
+        load_encoder_weights(HoVerNet(mode="fast", units=(1, 1, 1, 1), width=0.25), path)
 
 
 def test_official_file_loads_through_the_shared_checkpoint_loader(published_keys, tmp_path):
-    from engine.checkpoint import load_checkpoint
+    from models.checkpoint import load_checkpoint
 
     state = random_state(published_keys["fast_types6"]["state"], seed=2)
     path = tmp_path / "hovernet_fast_pannuke_type_tf2pytorch.tar"

@@ -171,7 +171,7 @@ def test_config_without_the_shared_key_builds_separate_decoders():
 
 
 def test_fitted_reinhard_target_travels_in_the_checkpoint(tmp_path):
-    from engine.checkpoint import load_checkpoint
+    from models.checkpoint import load_checkpoint
     from engine.run import RunRequest, run
 
     run(RunRequest(model="hovernet", profile="demo", out=str(tmp_path / "run"), quiet=True, device="cpu",
