@@ -47,8 +47,9 @@ COMMAND_TIMEOUT_S = 300
 FENCE = re.compile(r"^```(\S*)\s*$")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-HELP_OPTION = re.compile(r"(?<![\w-])(--[A-Za-z0-9][A-Za-z0-9-]*)")
+HELP_OPTION = re.compile(r"(?<![\w-])(--[A-Za-z0-9][\w-]*)")
 SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")"}
+SCRIPTS = ["train.py", "infer.py", "process.py", "extract_patches.py", "demo.py"]
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,17 @@ def test_cheap_command_runs(command: Command):
     assert done.returncode == 0, f"{command.where}: {command.text} exited {done.returncode}:\n{done.stderr[-2000:]}"
     if "--summary" in command.args:
         assert re.search(r"^params: \d+$", done.stdout, flags=re.M), done.stdout[-500:]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_option_is_documented(script: str):
+    """Each option a script's ``--help`` lists appears, as ``--option``, in the manual."""
+    helped = help_results().get((script,))
+    assert helped is not None and helped.returncode == 0, f"{script} --help did not run"
+    manual = "\n".join(path.read_text(encoding="utf-8") for path in DOC_FILES)
+    undocumented = sorted(option for option in set(HELP_OPTION.findall(helped.stdout)) - {"--help"}
+                          if not re.search(re.escape(option) + r"(?![\w-])", manual))
+    assert not undocumented, f"{script}: {undocumented} are not in README.md or docs/"
 
 
 def test_documented_summaries_print_the_documented_counts():
