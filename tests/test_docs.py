@@ -214,6 +214,7 @@ def run_python(args: tuple[str, ...]) -> subprocess.CompletedProcess:
 
 
 def needs_shared_data(command: Command) -> bool:
+    """Whether the command reads the shared datasets (an argument under ``../shared/data``)."""
     return any(arg.startswith(SHARED_DATA) for arg in command.args)
 
 
