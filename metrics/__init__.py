@@ -3,12 +3,14 @@
 Instance (per image, averaged over images): :func:`instance_stats`, :func:`pq_per_class`.
 PanNuke (per image, per tissue, over tissues): :func:`pannuke_pq`.
 CoNIC (pooled over images): :func:`conic_mpq_plus`, :func:`conic_r2`.
-Detection/classification (pooled): :func:`type_f1`.
+Detection/classification (pooled): :func:`type_f1` (HoVer-Net, centroid pairing),
+:func:`coverage_f1` of :func:`coverage_counts` (CHR-Net, pixel coverage).
 Glands (per image): :func:`glas_object_metrics`. Semantic (accumulated): :func:`semantic_iou`.
 Aggregation of per-image rows: :func:`mean_rows`.
 """
 
 from metrics.aggregate import mean_rows, nanmean
+from metrics.coverage import coverage_counts, coverage_f1
 from metrics.detection import pair_centroids, type_f1
 from metrics.gland import glas_object_metrics
 from metrics.instance import (
@@ -26,6 +28,8 @@ __all__ = [
     "INSTANCE_KEYS",
     "conic_mpq_plus",
     "conic_r2",
+    "coverage_counts",
+    "coverage_f1",
     "glas_object_metrics",
     "instance_stats",
     "mean_rows",
