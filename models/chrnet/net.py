@@ -543,10 +543,7 @@ class CHRNet(nn.Module):
         self.fusion1 = HeadFusion(heads, int(group_sizes[0]), width)
         self.fusion2 = HeadFusion(heads, int(group_sizes[1]), width)
         self.type_out = nn.Conv2d(int(group_sizes[0]) + int(group_sizes[1]), int(nr_types), 1, bias=True)
-        xavier_init(self)
-        for module in self.modules():  # xavier_init leaves BN alone; restore the zero gammas
-            if isinstance(module, (BasicBlock,)):
-                nn.init.zeros_(module.bn2.weight)
+        xavier_init(self)  # convolutions only: the zero-initialised last BN gammas stay
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """See the class docstring."""

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from metrics.overlap import dense_ids
 from misc.errors import UserError
 from models.hovernet.targets import centre_crop
 
@@ -125,8 +126,6 @@ def nucleus_distance(inst_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]
         ``(distance, dense, n)``: (H, W) float64 distances (0 on background), the (H, W) int64
         map renumbered to 1..n and n.
     """
-    from metrics.overlap import dense_ids
-
     dense, n = dense_ids(np.asarray(inst_map))
     distance = np.zeros(dense.shape, np.float64)
     colour = _colour_instances(n, _touching_pairs(dense))
