@@ -202,7 +202,7 @@ class CHRNetTargets:
         by the augmentations) and, with a Reinhard target, the normalised ``image``."""
         maps = {"marker_map": marker_map(np.asarray(sample["inst_map"]))}
         if self.reinhard is not None:
-            from loader.augment import reinhard_normalise
+            from loader.colour import reinhard_normalise
 
             maps["image"] = reinhard_normalise(np.asarray(sample["image"]), self.reinhard)
         return maps

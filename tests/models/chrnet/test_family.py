@@ -8,9 +8,9 @@ import torch
 
 from config import load_config
 from misc.errors import UserError
-from misc.inference import infer_image
-from misc.synthetic import generate_tile
-from misc.tiling import TileSpec
+from inference.predict import infer_image
+from loader.synthetic import generate_tile
+from inference.tiling import TileSpec
 from models import get_family
 from models.chrnet.family import CHRNetFamily
 from models.chrnet.targets import marker_map

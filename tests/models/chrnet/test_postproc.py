@@ -9,7 +9,7 @@ from skimage.morphology import dilation, erosion, reconstruction
 from skimage.segmentation import watershed
 
 from misc.errors import UserError
-from misc.synthetic import generate_tile
+from loader.synthetic import generate_tile
 from misc.utils import remap_label
 from models.chrnet.postproc import (
     CHRNetPostprocParams,

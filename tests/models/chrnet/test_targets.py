@@ -10,7 +10,7 @@ import pytest
 from scipy.ndimage import distance_transform_edt
 
 from misc.errors import UserError
-from misc.synthetic import generate_tile
+from loader.synthetic import generate_tile
 from models.chrnet.targets import (
     CHRNetTargets,
     erode_instances,
