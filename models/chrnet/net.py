@@ -446,7 +446,7 @@ class HRFE(nn.Module):
     def __init__(self, enc: Sequence[int], side: Sequence[int], width: float) -> None:
         super().__init__()
         c1, c2, c3 = scaled(128, width), scaled(256, width), scaled(512, width)
-        self.com_11 = Composite(enc[2], c1, 2)
+        self.com_11 = Composite(enc[2], enc[1], 2)  # added to d2 (128 = c1 when the widths agree)
         self.img1 = ConvBNReLU(enc[1] + side[0], c1, 1)
         self.res11 = ResUnit(c1)
         self.straight11, self.down11 = ConvBNReLU(c1, c1), ConvBNReLU(c1, c2, 3, 2)

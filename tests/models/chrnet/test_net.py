@@ -77,6 +77,14 @@ def test_published_262_window_through_every_stage():
     }
 
 
+@pytest.mark.parametrize("encoder_width, width", [(0.25, 0.125), (0.125, 0.25)])
+def test_encoder_and_branch_widths_may_differ(encoder_width, width):
+    net = CHRNet(nr_types=4, group_sizes=(3, 3), units=(1, 1, 1, 1), encoder_width=encoder_width, width=width).eval()
+    with torch.no_grad():
+        out = net(torch.zeros(1, 3, 38, 38))
+    assert tuple(out["tp"].shape) == (1, 4, 32, 32) and tuple(out["hrfe2"].shape) == (1, 3, 32, 32)
+
+
 def test_side_encoders_see_the_crop_and_its_quarter_size_resize():
     net = CHRNet(**TINY).eval()
     seen = {}
