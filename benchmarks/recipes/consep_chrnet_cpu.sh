@@ -12,7 +12,7 @@
 #    inflammatory, epithelial]): encoder units [1,1,1,1] and all widths at a quarter, 134 px
 #    windows (128 out) cut from the 256 px patches by the published augmentation, batch 2, Adam
 #    1e-3 with cosine decay, bf16 autocast where the CPU has it; no validation, for EPOCHS epochs
-#    (default: as many of the profile's 30 as fit the budget); with ABLATION=1 the HRFE-1 and
+#    (default: as many of the consep profile's 10 as fit the budget); with ABLATION=1 the HRFE-1 and
 #    HRFE-2 cross-entropies get weight 0 (the HRFEs then learn only through the fused types);
 # 3. infer.py on the validation patches (central 100 of each 128 output kept, step 100, reflect
 #    padding) and process.py with the published post-processing (p > 40/255, H-minima h = 150 of
@@ -45,12 +45,14 @@ PY
 
 # The consep profile's groupings (opt/chrnet.yaml) on the cpu profile that consep_common.sh trains.
 CONSEP_GROUPINGS='model.groupings=[[[1,2],[3],[4]],[[1,4],[2],[3]]]'
+CONSEP_EPOCHS='train.phases.0.epochs=10'
 ABLATION_OPTIONS=(--set train.phases.0.loss_weights.hrfe1_ce=0.0 --set train.phases.0.loss_weights.hrfe2_ce=0.0)
 
 main() {
     cd "$(dirname "${BASH_SOURCE[0]}")/../.."
     source benchmarks/recipes/consep_common.sh
     local recipe=consep_chrnet_cpu options=(--set "$CONSEP_GROUPINGS")
+    [[ -z "${3:-}" ]] && options+=(--set "$CONSEP_EPOCHS")   # the planner's ceiling: the consep profile's epochs
     if [[ -n "${ABLATION:-}" && "${ABLATION}" != 0 ]]; then
         recipe=consep_chrnet_cpu_ablation
         options+=("${ABLATION_OPTIONS[@]}")

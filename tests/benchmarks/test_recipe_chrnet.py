@@ -57,3 +57,9 @@ def test_summary_is_one_json_line_with_both_f1s(tmp_path: Path):
     assert summary["f1_d"] == 0.7 and summary["coverage_f1"] == 0.6 and summary["f1_type1"] is None
     assert [summary[f"coverage_f1_type{t}"] for t in range(1, 5)] == [0.3] * 4
     assert (summary["train_seconds"], summary["total_seconds"]) == (1500, 1790)
+
+
+def test_epoch_ceiling_is_the_consep_profile_s():
+    key, value = _bash('printf "%s\\n" "$CONSEP_EPOCHS"')[0].split("=")
+    assert key == "train.phases.0.epochs"
+    assert int(value) == load_config("chrnet", "consep")["train"]["phases"][0]["epochs"]
