@@ -30,7 +30,8 @@ def _check(true_inst: np.ndarray, true_type: np.ndarray, pred_inst: np.ndarray, 
     shapes = {np.shape(a) for a in (true_inst, true_type, pred_inst, pred_type)}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
         raise UserError(f"coverage F1 needs four (H, W) maps of one shape, got true inst {np.shape(true_inst)}, "
-                        f"true type {np.shape(true_type)}, pred inst {np.shape(pred_inst)}, pred type {np.shape(pred_type)}")
+                        f"true type {np.shape(true_type)}, pred inst {np.shape(pred_inst)}, "
+                        f"pred type {np.shape(pred_type)}")
 
 
 def coverage_counts(

@@ -102,7 +102,8 @@ def _pooled_types(pairs: Sequence[LabelPair], nr_types: int, radius: float, coun
     pred_counts = np.array([type_counts(central_crop(p.pred_inst, count_crop), central_crop(p.pred_type, count_crop),
                                         nr_types) for p in pairs])
     r2 = conic_r2(true_counts, pred_counts)
-    coverage = coverage_f1([coverage_counts(p.true_inst, p.true_type, p.pred_inst, p.pred_type, nr_types) for p in pairs])
+    coverage = coverage_f1(
+        [coverage_counts(p.true_inst, p.true_type, p.pred_inst, p.pred_type, nr_types) for p in pairs])
     result = {"mpq_plus": mpq["mpq_plus"], "f1_d": f1["f1_d"], "acc_type": f1["acc"], "r2": r2["r2"],
               "coverage_f1": coverage["f1"]}
     for c in range(nr_types):

@@ -77,7 +77,8 @@ def test_one_training_step_and_tiled_inference_on_a_synthetic_tile():
     sample = {"image": image, "inst_map": inst_map, "type_map": type_map}
     targets = fam.target_builder()({**sample, **fam.target_builder().precompute(sample)})
     batch = {k: torch.as_tensor(v)[None] for k, v in targets.items()}
-    loss, terms = fam.loss(fam.forward(net, batch), batch, load_config("chrnet", "demo")["train"]["phases"][0]["loss_weights"])
+    weights = load_config("chrnet", "demo")["train"]["phases"][0]["loss_weights"]
+    loss, terms = fam.loss(fam.forward(net, batch), batch, weights)
     loss.backward()
     assert set(terms) == {"type_ce", "hrfe1_ce", "hrfe2_ce", "binary_ce", "marker_mae"} and torch.isfinite(loss)
     raw = infer_image(fam, net, image[:100, :90], "cpu")

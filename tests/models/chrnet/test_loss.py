@@ -18,7 +18,8 @@ def _case() -> tuple[dict, dict]:
     zeros = lambda c: torch.zeros(1, c, 1, 2)  # noqa: E731 - uniform logits: CE = log(C) everywhere
     outputs = {"tp": zeros(5), "hrfe1": zeros(4), "hrfe2": zeros(4), "np": zeros(2), "marker": zeros(1)}
     batch = {
-        "tp_map": torch.tensor([[[0, 2]]]), "hrfe1_map": torch.tensor([[[0, 1]]]), "hrfe2_map": torch.tensor([[[0, 2]]]),
+        "tp_map": torch.tensor([[[0, 2]]]), "hrfe1_map": torch.tensor([[[0, 1]]]),
+        "hrfe2_map": torch.tensor([[[0, 2]]]),
         "np_map": torch.tensor([[[0, 1]]]), "marker_map": torch.tensor([[[0.0, 0.8]]]),
     }
     return outputs, batch
