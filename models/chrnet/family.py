@@ -35,6 +35,9 @@ class CHRNetFamily(Family):
     """
 
     name = "chrnet"
+    #: Per-pixel maps beyond the standard sample keys that the augmentations move with the labels
+    #: (the marker map is computed before augmentation, as published).
+    sample_keys = ("marker_map",)
 
     @property
     def nr_types(self) -> int:
