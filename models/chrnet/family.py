@@ -35,8 +35,8 @@ class CHRNetFamily(Family):
     """
 
     name = "chrnet"
-    #: Per-pixel maps beyond the standard sample keys that the augmentations move with the labels
-    #: (the marker map is computed before augmentation, as published).
+    #: A reader may supply the marker map (H, W) float in [0, 1]; otherwise the target builder's
+    #: ``precompute`` makes it before augmentation, as published.
     sample_keys = ("marker_map",)
 
     @property
@@ -109,9 +109,8 @@ class CHRNetFamily(Family):
         }
 
     def predict(self, net: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``np_prob``, ``marker`` and ``tp_prob`` for (N, 3, S, S) windows in 0-255."""
-        if self.cfg["infer"].get("tta"):
-            raise UserError("infer.tta: CHR-Net was published without test-time augmentation; set infer.tta: false")
+        """``np_prob``, ``marker`` and ``tp_prob`` for (N, 3, S, S) windows in 0-255 (all scalar
+        maps: ``infer.tta``, not published, averages them over the transformed windows)."""
         with torch.no_grad():
             return self.probabilities(net(images))
 

@@ -199,8 +199,11 @@ class CHRNetTargets:
 
     def precompute(self, sample: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Maps of the un-augmented sample: ``marker_map`` (H, W) float32 (moved with the labels
-        by the augmentations) and, with a Reinhard target, the normalised ``image``."""
-        maps = {"marker_map": marker_map(np.asarray(sample["inst_map"]))}
+        by the augmentations; a marker map the reader supplies, e.g. from the published
+        ``Gen_BDist_Map``, is kept) and, with a Reinhard target, the normalised ``image``."""
+        supplied = sample.get("marker_map")
+        marker = marker_map(np.asarray(sample["inst_map"])) if supplied is None else np.asarray(supplied, np.float32)
+        maps = {"marker_map": marker}
         if self.reinhard is not None:
             from loader.colour import reinhard_normalise
 

@@ -8,7 +8,7 @@ import torch
 
 from config import load_config
 from misc.errors import UserError
-from inference.predict import infer_image
+from inference.predict import family_predictor, infer_image
 from loader.synthetic import generate_tile
 from inference.tiling import TileSpec
 from models import get_family
@@ -134,7 +134,17 @@ def test_freeze_encoder_phase_trains_the_stem_and_everything_outside_the_encoder
     assert not net.encoder.frozen and all(p.requires_grad for p in net.parameters())
 
 
-def test_tta_is_refused():
+def test_tta_averages_the_scalar_maps_over_the_dihedral_group():
     fam = family("infer.tta=true")
-    with pytest.raises(UserError, match="infer.tta"):
-        fam.predict(fam.build_network(), torch.zeros(1, 3, 102, 102))
+    net = fam.build_network().eval()
+    window = (np.random.default_rng(0).random((1, 102, 102, 3)) * 255).astype(np.uint8)
+    maps = family_predictor(fam, net, torch.device("cpu"))(window)
+    images = torch.from_numpy(window).permute(0, 3, 1, 2).float()
+    outputs = []
+    for flip in (False, True):
+        for turns in range(4):
+            x = torch.rot90(images.flip(-1) if flip else images, turns, (2, 3))
+            y = torch.rot90(fam.predict(net, x)["marker"], -turns, (2, 3))
+            outputs.append(y.flip(-1) if flip else y)
+    expected = torch.stack(outputs).mean(0)[:, 0].numpy()
+    assert np.allclose(maps["marker"][..., 0], expected, atol=1e-5)

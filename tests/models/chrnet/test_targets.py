@@ -137,6 +137,12 @@ def test_target_builder_literal_sample():
     assert np.array_equal(targets["marker_map"], np.where(eroded > 0, marker_map(sample["inst_map"])[4:12, 4:12], 0))
 
 
+def test_a_supplied_marker_map_is_kept():
+    sample = _sample()
+    supplied = np.full((16, 16), 0.3, np.float32)
+    assert np.array_equal(_builder().precompute({**sample, "marker_map": supplied})["marker_map"], supplied)
+
+
 def test_precomputed_marker_is_used_after_augmentation():
     sample = _sample()
     builder = _builder()
