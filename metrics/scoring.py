@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from metrics.coverage import coverage_counts, coverage_f1
 from metrics.detection import type_f1
 from metrics.gland import glas_object_metrics
 from metrics.instance import conic_mpq_plus, conic_r2, instance_stats, pq_per_class
@@ -101,10 +102,14 @@ def _pooled_types(pairs: Sequence[LabelPair], nr_types: int, radius: float, coun
     pred_counts = np.array([type_counts(central_crop(p.pred_inst, count_crop), central_crop(p.pred_type, count_crop),
                                         nr_types) for p in pairs])
     r2 = conic_r2(true_counts, pred_counts)
-    result = {"mpq_plus": mpq["mpq_plus"], "f1_d": f1["f1_d"], "acc_type": f1["acc"], "r2": r2["r2"]}
+    coverage = coverage_f1(
+        [coverage_counts(p.true_inst, p.true_type, p.pred_inst, p.pred_type, nr_types) for p in pairs])
+    result = {"mpq_plus": mpq["mpq_plus"], "f1_d": f1["f1_d"], "acc_type": f1["acc"], "r2": r2["r2"],
+              "coverage_f1": coverage["f1"]}
     for c in range(nr_types):
         result[f"pq_plus_type{c + 1}"] = float(mpq["pq_per_class"][c])
         result[f"f1_type{c + 1}"] = float(f1["f1_type"][c])
+        result[f"coverage_f1_type{c + 1}"] = float(coverage["f1_type"][c])
         result[f"r2_type{c + 1}"] = float(r2["r2_per_class"][c])
     return result
 

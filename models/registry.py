@@ -22,6 +22,7 @@ FAMILIES: dict[str, str] = {
     "fullnet": "models.fullnet.family:FullNetFamily",
     "histosegnet": "models.histosegnet.family:HistoSegNetFamily",
     "h2gnet": "models.h2gnet.family:H2GNetFamily",
+    "chrnet": "models.chrnet.family:CHRNetFamily",
 }
 PLUGINS_ENV = "HISTOSEG_PLUGINS"
 

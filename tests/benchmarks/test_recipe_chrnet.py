@@ -1,0 +1,65 @@
+"""The CoNSeP CHR-Net recipe's options and its JSON summary (no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+from config import load_config
+from tests.conftest import REPO_ROOT
+
+RECIPE = "benchmarks/recipes/consep_chrnet_cpu.sh"
+
+
+def _bash(command: str, *args: str) -> list[str]:
+    script = f'source {RECIPE}; {command}'
+    result = subprocess.run(["bash", "-c", script, "bash", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                            check=True)
+    return result.stdout.splitlines()
+
+
+def _train_options(ablation: bool) -> list[str]:
+    words = [_bash('printf "%s\\n" "$CONSEP_GROUPINGS"')[0]]
+    if ablation:
+        words += [w for w in _bash('printf "%s\\n" "${ABLATION_OPTIONS[@]}"') if w != "--set"]
+    return words
+
+
+def test_recipe_trains_the_consep_groupings_on_the_cpu_profile():
+    recipe = load_config("chrnet", "cpu", overrides=_train_options(False))
+    assert recipe["model"]["groupings"] == load_config("chrnet", "consep")["model"]["groupings"]
+    weights = recipe["train"]["phases"][0]["loss_weights"]
+    assert weights["hrfe1_ce"] == weights["hrfe2_ce"] == 1.0
+
+
+def test_ablation_sets_both_hrfe_losses_to_zero_and_nothing_else():
+    full = load_config("chrnet", "cpu", overrides=_train_options(False))["train"]["phases"][0]["loss_weights"]
+    ablation = load_config("chrnet", "cpu", overrides=_train_options(True))["train"]["phases"][0]["loss_weights"]
+    assert {k for k in full if full[k] != ablation[k]} == {"hrfe1_ce", "hrfe2_ce"}
+    assert ablation["hrfe1_ce"] == ablation["hrfe2_ce"] == 0.0
+
+
+def test_summary_is_one_json_line_with_both_f1s(tmp_path: Path):
+    pooled = {"mpq_plus": 0.41234, "f1_d": 0.7, "coverage_f1": 0.6}
+    pooled |= {f"pq_plus_type{t}": 0.1 * t for t in range(1, 5)}
+    pooled |= {f"f1_type{t}": 0.2 for t in range(1, 5)} | {f"coverage_f1_type{t}": 0.3 for t in range(1, 5)}
+    pooled["f1_type1"] = math.nan
+    means = {"pq": {"mean": 0.5}} | {f"pq_type{t}": {"mean": 0.05 * t} for t in range(1, 5)}
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"pooled": pooled, "mean": means, "per_image": [{}, {}]}))
+    lines = _bash('chrnet_summary "$@"', "consep_chrnet_cpu", str(path), "1500", "1790")
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert summary["recipe"] == "consep_chrnet_cpu" and summary["images"] == "valid (2)"
+    assert summary["pq"] == 0.5 and summary["mpq_plus"] == 0.4123
+    assert summary["f1_d"] == 0.7 and summary["coverage_f1"] == 0.6 and summary["f1_type1"] is None
+    assert [summary[f"coverage_f1_type{t}"] for t in range(1, 5)] == [0.3] * 4
+    assert (summary["train_seconds"], summary["total_seconds"]) == (1500, 1790)
+
+
+def test_epoch_ceiling_is_the_consep_profile_s():
+    key, value = _bash('printf "%s\\n" "$CONSEP_EPOCHS"')[0].split("=")
+    assert key == "train.phases.0.epochs"
+    assert int(value) == load_config("chrnet", "consep")["train"]["phases"][0]["epochs"]
