@@ -261,6 +261,26 @@ def is_slide_file(path: str | os.PathLike) -> bool:
         return False
 
 
+def list_slides(input_path: str | os.PathLike) -> list[Path]:
+    """The slides of ``input_path``: the file itself when it is a slide, or a folder's slides
+    (sorted, not recursive); empty when there are none (a folder of image tiles).
+
+    Raises:
+        UserError: no such path, or two slides sharing a stem (their outputs would collide).
+    """
+    input_path = Path(input_path)
+    if input_path.is_file():
+        return [input_path] if is_slide_file(input_path) else []
+    if not input_path.is_dir():
+        raise UserError(f"{input_path}: no such folder or file")
+    slides = sorted(p for p in input_path.iterdir() if p.is_file() and is_slide_file(p))
+    stems = [p.stem for p in slides]
+    shared = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if shared:
+        raise UserError(f"{input_path}: several slides share the name(s) {shared}; outputs would collide")
+    return slides
+
+
 def _open_backend(path: Path) -> SlideBackend:
     """The OpenSlide backend when OpenSlide detects the file, else tifffile for TIFFs."""
     import openslide
