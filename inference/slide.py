@@ -434,7 +434,8 @@ class RawStore:
         for name, values in outputs.items():
             if name not in self.h5:
                 self.h5.create_dataset(name, shape=(*shape, values.shape[3]), dtype="f2", fillvalue=0,
-                                       chunks=(STORE_CHUNK, STORE_CHUNK, values.shape[3]))
+                                       chunks=(min(STORE_CHUNK, shape[0]), min(STORE_CHUNK, shape[1]),
+                                               values.shape[3]))
             dataset = self.h5[name]
             for k, (r0, r1, c0, c1) in enumerate(keep):
                 dy, dx = r0 - out_starts[k, 0], c0 - out_starts[k, 1]

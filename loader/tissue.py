@@ -21,7 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from skimage.filters import threshold_otsu
-from skimage.morphology import remove_small_holes, remove_small_objects
+from scipy import ndimage
+from skimage.morphology import remove_small_objects
 
 from misc.errors import UserError
 from misc.io import read_image, read_label
@@ -86,8 +87,21 @@ def tissue_mask(image: np.ndarray, mpp: float, params: TissueParams = TissuePara
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     padded = np.pad(mask.astype(np.uint8), radius)  # closing must not glue tissue to the border
     mask = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, disc)[radius:-radius, radius:-radius].astype(bool)
-    mask = remove_small_holes(mask, max_size=max(1, math.ceil(params.max_hole_um2 / mpp**2)))
+    mask = fill_small_holes(mask, max(1, math.ceil(params.max_hole_um2 / mpp**2)))
     return remove_small_objects(mask, max_size=max(1, math.ceil(params.min_speck_um2 / mpp**2)))
+
+
+def fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
+    """(H, W) bool ``mask`` with enclosed background pieces (not touching the border) of at
+    most ``max_area`` pixels filled; glass at the slide's edge is never a hole."""
+    background, count = ndimage.label(~mask)
+    if count == 0:
+        return mask
+    areas = np.bincount(background.ravel(), minlength=count + 1)
+    fill = areas <= max_area
+    fill[np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))] = False
+    fill[0] = False
+    return mask | fill[background]
 
 
 def load_mask(path: str | os.PathLike, shape: tuple[int, int], slide_shape: tuple[int, int]) -> np.ndarray:

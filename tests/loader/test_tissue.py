@@ -15,17 +15,17 @@ from misc.errors import UserError
 from misc.io import write_image
 
 
-def test_mask_recovers_the_tissue_cells(tmp_path: Path) -> None:
-    shape = (1024, 1536)
+@pytest.mark.parametrize("shape", [(1024, 1536), (640, 896)])
+def test_mask_recovers_the_tissue_cells(tmp_path: Path, shape: tuple[int, int]) -> None:
     slide = SyntheticSlide(shape, disc_tissue(shape, 256, 0.4), cell=256, mpp=0.5, pool_size=2)
     with open_slide(write_synthetic_slide(tmp_path / "s.tif", slide)) as opened:
         mpp = mask_mpp_for(opened.mpp, opened.dimensions)
         image, errors = opened.view(mpp).read_downsampled()
     mask = tissue_mask(image, mpp)
-    truth = np.kron(slide.tissue, np.ones((256, 256), np.uint8))
+    truth = np.kron(slide.tissue, np.ones((256, 256), np.uint8))[: shape[0], : shape[1]]
     truth = cv2.resize(truth, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
     assert errors == [] and mpp == 2.0
-    assert (mask != truth).mean() < 0.01
+    assert (mask != truth).mean() < 0.02
 
 
 def test_glass_only_gives_no_tissue() -> None:
@@ -41,6 +41,7 @@ def test_specks_removed_holes_filled() -> None:
     image[5:8, 5:8] = (200, 80, 160)          # speck
     mask = tissue_mask(image, 4.0)
     assert mask[97, 97] and not mask[6, 6] and mask[40:160, 40:160].all()
+    assert not mask[:, :30].any()  # glass along the edge is not a hole
 
 
 def test_user_mask_resized_and_checked(tmp_path: Path) -> None:
