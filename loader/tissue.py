@@ -41,7 +41,8 @@ class TissueParams:
         max_value_dark: pixels whose HSV value is below this are not tissue (black borders).
         closing_um: radius of the closing disc, in µm.
         max_hole_um2: holes up to this area are filled, in µm².
-        min_speck_um2: tissue pieces below this area are removed, in µm².
+        min_speck_um2: tissue pieces below this area are removed, in µm² (at most 5 % of the
+            image's area, so that a tiny slide keeps its tissue).
     """
 
     min_saturation: int = 20
@@ -88,7 +89,8 @@ def tissue_mask(image: np.ndarray, mpp: float, params: TissueParams = TissuePara
     padded = np.pad(mask.astype(np.uint8), radius)  # closing must not glue tissue to the border
     mask = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, disc)[radius:-radius, radius:-radius].astype(bool)
     mask = fill_small_holes(mask, max(1, math.ceil(params.max_hole_um2 / mpp**2)))
-    return remove_small_objects(mask, max_size=max(1, math.ceil(params.min_speck_um2 / mpp**2)))
+    speck = min(math.ceil(params.min_speck_um2 / mpp**2), mask.size // 20)  # tiny images keep their tissue
+    return remove_small_objects(mask, max_size=speck) if speck > 0 else mask
 
 
 def fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
