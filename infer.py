@@ -27,7 +27,6 @@ from engine.distributed import resolve_device
 from inference.folder import run_folder
 from inference.rawfile import OUTPUT_FORMATS
 from misc.errors import UserError, cli_main
-from models.checkpoint import load_checkpoint
 
 log = logging.getLogger("infer")
 
@@ -79,10 +78,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run_on_slides(args: argparse.Namespace, slides: list) -> int:
     """Run every slide of this process's share; returns the exit code."""
-    from inference.slide import SlideOptions, run_slides, shard
-    from loader.slide import open_slide
     from engine.checkpoint import load_checkpoint
     from inference.predict import with_infer_overrides
+    from inference.slide import SlideOptions, run_slides, shard
+    from loader.slide import open_slide
     from postproc.formats import load_type_info
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -110,8 +109,8 @@ def run_on_slides(args: argparse.Namespace, slides: list) -> int:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     """Run inference over the input images or slides; returns the exit code."""
-    from loader.slide import list_slides
     from engine.checkpoint import load_checkpoint
+    from loader.slide import list_slides
 
     args = parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)

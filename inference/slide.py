@@ -5,7 +5,7 @@ The pipeline of one slide, as a splitter, the network call and a merger (MONAI/T
 1. **Splitter.** The slide is read at the network's pixel size (``infer.net_mpp``, else
    10 / ``infer.net_mag`` or 10 / ``infer.mag`` µm: 40x = 0.25 µm/px) through
    :class:`loader.slide.SlideView`. A low-resolution tissue mask (:mod:`loader.tissue`, or
-   ``--mask``) keeps the windows of the tiling grid (:mod:`misc.tiling`: the same windows,
+   ``--mask``) keeps the windows of the tiling grid (:mod:`inference.tiling`: the same windows,
    padding and seams as a whole image) whose kept output box touches tissue. The windows are
    cut into fixed batches; a reader thread reads the batches ahead of the network.
 2. **Network.** The family's ``predict`` on each batch (main thread).
@@ -56,12 +56,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from inference.predict import family_predictor, inference_precision
+from inference.tiling import AxisPlan, TileSpec, plan_axis
 from loader.slide import RegionError, Slide, SlideView, open_slide
 from loader.tissue import load_mask, mask_mpp_for, tissue_mask
 from misc.errors import UserError
-from inference.predict import family_predictor, inference_precision
-from misc.io import atomic_path, atomic_write, write_image
-from inference.tiling import AxisPlan, TileSpec, plan_axis
+from misc.io import atomic_write, write_image
 from postproc.formats import PALETTE, UNTYPED_CLASS, TypeInfo, pixel_edge_ring, type_class
 from postproc.nucleidb import NucleiWriter, polygon_wkb
 from postproc.pyramid import write_pyramid_tiff
@@ -148,7 +148,7 @@ class Grid:
 
     Attributes:
         shape: (H, W) of the slide at the network's resolution.
-        rows, cols: the tiling plans of the two axes (:func:`misc.tiling.plan_axis`).
+        rows, cols: the tiling plans of the two axes (:func:`inference.tiling.plan_axis`).
         windows: (n, 2) int64 (row, col) grid cells of the windows that run, row-major.
         keep: (n, 4) int64 kept output box ``(r0, r1, c0, c1)`` of each window.
         batch_size: windows per batch; batch b is ``windows[b * batch_size:(b + 1) * batch_size]``.
@@ -237,7 +237,7 @@ def plan_grid(shape: tuple[int, int], spec: TileSpec, mask: np.ndarray, mask_sca
 
 
 class WindowReader:
-    """Reads the input windows of batches from a slide view (padding as in :mod:`misc.tiling`).
+    """Reads the input windows of batches from a slide view (padding as in :mod:`inference.tiling`).
 
     Args:
         view: the slide at the network's resolution.

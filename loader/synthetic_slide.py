@@ -1,7 +1,7 @@
 """Synthetic whole-slide images: pyramidal tiled TIFFs built from synthetic H&E tiles with known nuclei.
 
 The slide is a grid of ``cell`` x ``cell`` pixel cells. A tissue cell shows a synthetic tile
-(:func:`misc.synthetic.generate_tile`, drawn from a pool of ``pool_size`` tiles so that large
+(:func:`loader.synthetic.generate_tile`, drawn from a pool of ``pool_size`` tiles so that large
 slides cost no more to make than small ones); any other cell is glass: near-white with sensor
 noise. Level ``k`` of the pyramid is every cell downsized 2^k times (area averaging).
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from misc.errors import UserError, cli_main
 from misc.io import atomic_path
-from misc.synthetic import generate_tile, tile_seed
+from loader.synthetic import generate_tile, tile_seed
 
 GLASS_LEVEL = 242
 

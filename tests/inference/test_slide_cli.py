@@ -12,9 +12,9 @@ import pytest
 
 import infer
 from loader.slide import list_slides
-from misc.engine import RunRequest, run
+from engine.run import RunRequest, run
 from misc.io import write_image
-from misc.synthetic import generate_tile
+from loader.synthetic import generate_tile
 from tests.inference.slide_helpers import assert_same_outputs, make_slide
 
 

@@ -14,10 +14,10 @@ import loader.slide
 from inference.slide import SlideOptions, run_slide
 from loader.slide import open_slide
 from metrics import pq_counts
-from misc.inference import infer_image
+from inference.predict import infer_image
 from misc.io import write_image
 from postproc.nucleidb import bbox_geojson
-from tests.infer.toy_family import toy_family
+from tests.inference.toy_family import toy_family
 from tests.inference.slide_helpers import db_rows, fill_contours, hovernet_json_map, make_slide
 
 OPTIONS = dict(tile=256, margin=48, show_progress=False)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 from inference.slide import SlideOptions, run_slide
 from tests.conftest import REPO_ROOT
-from tests.infer.toy_family import toy_family
+from tests.inference.toy_family import toy_family
 from tests.inference.slide_helpers import assert_same_outputs, make_slide
 
 SCRIPT = """
 import sys
 from inference.slide import SlideOptions, run_slide
-from tests.infer.toy_family import toy_family
+from tests.inference.toy_family import toy_family
 family, net = toy_family(input_size=96, output_size=64, batch_size=8)
 family.cfg["model"]["delay"] = 0.3
 run_slide(family, net, sys.argv[1], sys.argv[2], "cpu", SlideOptions(tile=256, margin=48, show_progress=False))
