@@ -56,6 +56,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from inference.folder import write_failure
 from inference.predict import family_predictor, inference_precision
 from inference.tiling import AxisPlan, TileSpec, plan_axis
 from loader.slide import RegionError, Slide, SlideView, open_slide
@@ -424,22 +425,29 @@ class RawStore:
 
     def write(self, outputs: dict[str, np.ndarray], keep: np.ndarray, out_starts: np.ndarray,
               shape: tuple[int, int]) -> None:
-        """Put each window's kept box into the store.
+        """Put each window's kept box into the store, one write per run of abutting windows.
 
         Args:
             outputs: named (N, O, O, C) float32 maps.
-            keep: (N, 4) kept boxes (r0, r1, c0, c1).
+            keep: (N, 4) kept boxes (r0, r1, c0, c1), row-major (a grid row's windows abut).
             out_starts: (N, 2) output-window starts (row, col) in slide coordinates.
         """
+        runs, start = [], 0
+        for k in range(1, len(keep) + 1):  # windows of one grid row whose boxes abut
+            if k == len(keep) or keep[k, 0] != keep[start, 0] or keep[k, 2] != keep[k - 1, 3]:
+                runs.append((start, k))
+                start = k
         for name, values in outputs.items():
             if name not in self.h5:
                 self.h5.create_dataset(name, shape=(*shape, values.shape[3]), dtype="f2", fillvalue=0,
                                        chunks=(min(STORE_CHUNK, shape[0]), min(STORE_CHUNK, shape[1]),
                                                values.shape[3]))
             dataset = self.h5[name]
-            for k, (r0, r1, c0, c1) in enumerate(keep):
-                dy, dx = r0 - out_starts[k, 0], c0 - out_starts[k, 1]
-                dataset[r0:r1, c0:c1] = values[k, dy : dy + r1 - r0, dx : dx + c1 - c0]
+            for first, stop in runs:
+                r0, r1 = keep[first, 0], keep[first, 1]
+                pieces = [values[k, r0 - out_starts[k, 0] : r1 - out_starts[k, 0],
+                                 keep[k, 2] - out_starts[k, 1] : keep[k, 3] - out_starts[k, 1]] for k in range(first, stop)]
+                dataset[r0:r1, keep[first, 2] : keep[stop - 1, 3]] = np.concatenate(pieces, axis=1).astype(np.float16)
 
     def commit(self, batch: int) -> None:
         """Flush the store, then record ``batch`` as finished (in that order)."""
@@ -658,6 +666,15 @@ def run_slide(family: Any, net: nn.Module, slide_path: str | os.PathLike, output
         UserError: not a slide, no pixel size, a bad mask, or an output that cannot be written.
     """
     options.check()
+    try:
+        return _run_slide(family, net, slide_path, output_dir, device, options)
+    except OSError as err:  # e.g. a full disk: one line naming the file
+        raise write_failure(Path(err.filename or output_dir), err) from None
+
+
+def _run_slide(family: Any, net: nn.Module, slide_path: str | os.PathLike, output_dir: str | os.PathLike,
+               device: str | torch.device, options: SlideOptions) -> SlideResult:
+    """:func:`run_slide` without the translation of write failures."""
     clock = {"start": time.perf_counter()}
     seconds: dict[str, float] = {}
 
