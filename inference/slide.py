@@ -219,17 +219,21 @@ def plan_grid(shape: tuple[int, int], spec: TileSpec, mask: np.ndarray, mask_sca
     rows, cols = plan_axis(shape[0], spec), plan_axis(shape[1], spec)
     windows = tissue_windows(rows, cols, mask, mask_scale)
     keep = np.concatenate([rows.keep[windows[:, 0]], cols.keep[windows[:, 1]]], axis=1).reshape(-1, 4)
-    grid_rows, grid_cols = math.ceil(shape[0] / tile), math.ceil(shape[1] / tile)
+    index = np.full((len(rows.keep), len(cols.keep)), -1, np.int64)  # grid cell -> window number
+    index[windows[:, 0], windows[:, 1]] = np.arange(len(windows))
     tiles, tile_batches = [], []
-    batch_of = np.arange(len(windows)) // batch_size
-    for row in range(grid_rows):
-        for col in range(grid_cols):
-            r0, r1 = max(0, row * tile - margin), min(shape[0], (row + 1) * tile + margin)
+    for row in range(math.ceil(shape[0] / tile)):
+        r0, r1 = max(0, row * tile - margin), min(shape[0], (row + 1) * tile + margin)
+        # grid rows whose kept rows meet [r0, r1): keep ranges are sorted and abut
+        ra, rb = np.searchsorted(rows.keep[:, 1], r0, side="right"), np.searchsorted(rows.keep[:, 0], r1)
+        for col in range(math.ceil(shape[1] / tile)):
             c0, c1 = max(0, col * tile - margin), min(shape[1], (col + 1) * tile + margin)
-            meets = (keep[:, 0] < r1) & (keep[:, 1] > r0) & (keep[:, 2] < c1) & (keep[:, 3] > c0)
-            if meets.any():
+            ca, cb = np.searchsorted(cols.keep[:, 1], c0, side="right"), np.searchsorted(cols.keep[:, 0], c1)
+            found = index[ra:rb, ca:cb]
+            found = found[found >= 0]
+            if found.size:
                 tiles.append((row, col))
-                tile_batches.append(np.unique(batch_of[meets]))
+                tile_batches.append(np.unique(found // batch_size))
     return Grid(shape, rows, cols, windows, keep, batch_size, np.array(tiles, np.int64).reshape(-1, 2),
                 tile_batches, tile, margin)
 

@@ -17,6 +17,8 @@ from misc.io import write_image
 from loader.synthetic import generate_tile
 from tests.inference.slide_helpers import assert_same_outputs, make_slide
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:

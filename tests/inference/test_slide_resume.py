@@ -9,10 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from inference.slide import SlideOptions, run_slide
 from tests.conftest import REPO_ROOT
 from tests.inference.toy_family import toy_family
 from tests.inference.slide_helpers import assert_same_outputs, make_slide
+
+pytestmark = pytest.mark.slow
 
 SCRIPT = """
 import sys
