@@ -281,6 +281,16 @@ def list_slides(input_path: str | os.PathLike) -> list[Path]:
     return slides
 
 
+def _is_ome(path: Path) -> bool:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return bool(tif.is_ome)
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile parses
+        return False
+
+
 def _open_backend(path: Path) -> SlideBackend:
     """The OpenSlide backend when OpenSlide detects the file, else tifffile for TIFFs."""
     import openslide
@@ -290,6 +300,8 @@ def _open_backend(path: Path) -> SlideBackend:
     except openslide.OpenSlideError:
         vendor = None
     try:
+        if vendor == "generic-tiff" and _is_ome(path):
+            vendor = None  # OpenSlide sees neither the SubIFD levels nor the OME pixel size
         if vendor is not None:
             return OpenSlideBackend(path)
         if path.suffix.lower() in TIFF_SUFFIXES:

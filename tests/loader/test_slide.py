@@ -82,6 +82,23 @@ def test_plain_tiff_through_tifffile_and_slide_detection(tmp_path: Path) -> None
         np.testing.assert_array_equal(opened.view(0.5).read(10, 20, 50, 40)[0], image[20:60, 10:60])
 
 
+def test_ome_tiff_pyramid_through_tifffile(synthetic, tmp_path: Path) -> None:
+    _, slide = synthetic
+    image = slide.region(0, 0, 0, *SHAPE)
+    with tifffile.TiffWriter(tmp_path / "s.ome.tif", ome=True) as tif:
+        tif.write(image, subifds=2, tile=(128, 128), photometric="rgb",
+                  metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        tif.write(image[::2, ::2], subfiletype=1, tile=(128, 128), photometric="rgb")
+        tif.write(image[::4, ::4], subfiletype=1, tile=(128, 128), photometric="rgb")
+    assert is_slide_file(tmp_path / "s.ome.tif")
+    with open_slide(tmp_path / "s.ome.tif") as opened:
+        assert opened.backend == "tifffile:ome-tiff" and opened.mpp == pytest.approx(0.5)
+        assert opened.level_dimensions == [(900, 600), (450, 300), (225, 150)]
+        view = opened.view(1.0)
+        assert view.level == 1
+        np.testing.assert_array_equal(view.read(10, 20, 64, 48)[0], image[::2, ::2][20:68, 10:74])
+
+
 def test_unreadable_region_is_reported_not_raised(synthetic, monkeypatch: pytest.MonkeyPatch) -> None:
     path, _ = synthetic
     with open_slide(path) as opened:
