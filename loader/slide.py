@@ -117,8 +117,7 @@ class OpenSlideBackend(SlideBackend):
     def _reopen(self) -> None:
         import openslide
 
-        with self._lock:
-            self._slide.close()
+        with self._lock:  # the old handle is left to other threads still reading it (freed with them)
             self._slide = openslide.OpenSlide(str(self.path))
 
     def close(self) -> None:
