@@ -93,6 +93,9 @@ def test_outputs_open_and_agree(slide_path: Path, tmp_path: Path) -> None:
     assert summary["unreadable_regions"] == [] and summary["mpp_source"] == "metadata"
     assert summary["nuclei_per_mm2"]["all"] == pytest.approx(summary["nuclei"] / summary["tissue_mm2"])
     assert not (out / ".work").exists()
+    rows = db_rows(out / "s.db")
+    assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
+    assert all(r[10] == pytest.approx(r[9] * 0.25**2) for r in rows)  # area µm² = level-0 px x mpp²
     again = run_slide(family, net, slide_path, tmp_path, "cpu", SlideOptions(**OPTIONS))
     assert again.skipped  # the summary marks the slide done
 
@@ -158,3 +161,21 @@ def test_full_disk_names_the_file_and_leaves_nothing_partial(slide_path: Path, t
     assert not [p for p in out.iterdir() if p.name.startswith(".s.")]  # no temporary file left
     monkeypatch.undo()
     assert run_slide(family, net, slide_path, tmp_path, "cpu", SlideOptions(**OPTIONS)).summary["nuclei"] > 0
+
+
+def test_coordinates_are_level0_when_the_slide_is_resampled(tmp_path: Path) -> None:
+    make_slide(tmp_path / "half.tif", (320, 448), tissue=1.0, mpp=0.5, cell=64)  # the network works at 0.25 µm
+    family, net = _toy()
+    result = run_slide(family, net, tmp_path / "half.tif", tmp_path / "out", "cpu", SlideOptions(**OPTIONS))
+    assert result.summary["network_shape"] == [640, 896] and result.summary["nuclei"] > 0
+    with open_slide(tmp_path / "half.tif") as slide:
+        image, _ = slide.view(0.25).read(0, 0, 896, 640)
+    whole = family.postprocess(infer_image(family, net, image, "cpu"))
+    level0 = sorted((round(r[1]), round(r[2])) for r in db_rows(result.output_dir / "half.db"))
+    expected = sorted((round((e["centroid"][0] + 0.5) / 2), round((e["centroid"][1] + 0.5) / 2))
+                      for e in whole["inst_info"].values())
+    matched = len(set(level0) & set(expected))
+    assert matched >= 0.95 * len(expected)
+    rings = [np.asarray(f["geometry"]["coordinates"][0]) for f in
+             json.loads((result.output_dir / "half.geojson").read_text())["features"]]
+    assert max(r[:, 0].max() for r in rings) <= 448 and max(r[:, 1].max() for r in rings) <= 320
