@@ -609,9 +609,10 @@ def thumbnail(image: np.ndarray, overlay: Any, band: int = 256) -> np.ndarray:
 
 
 def overlay_factor(net_mpp: float, overlay_mpp: float, tile: int) -> int:
-    """Power-of-two reduction nearest to ``overlay_mpp / net_mpp``, between 1 and ``tile``."""
+    """Power-of-two reduction nearest to ``overlay_mpp / net_mpp``, at most the largest power of
+    two dividing ``tile`` (so that every tile's overlay piece starts on an overlay pixel)."""
     exponent = max(0, round(math.log2(max(overlay_mpp / net_mpp, 1.0))))
-    return int(min(2**exponent, tile))
+    return int(min(2**exponent, tile & -tile))
 
 
 # ----------------------------------------------------------------------------- the run
