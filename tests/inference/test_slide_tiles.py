@@ -58,3 +58,16 @@ def test_tiles_equal_the_whole_image(tile: int, margin: int) -> None:
     assert pq >= 0.99, counts
     assert len(centroids) == len({tuple(np.round(c, 3)) for c in centroids})  # none duplicated
     assert abs(len(contours) - len(whole["inst_info"])) <= 0.01 * len(contours)
+
+
+def test_reinhard_with_fixed_statistics_equals_the_whole_image_transfer() -> None:
+    from inference.slide import reinhard_transform
+    from loader.colour import lab_statistics, reinhard_normalise
+    from loader.synthetic import generate_tile
+
+    image = generate_tile(3, (96, 128))[0]
+    target = {"mean": [60.0, 20.0, -10.0], "std": [12.0, 6.0, 5.0]}
+    windows = np.stack([image[:, :64], image[:, 64:]])
+    transformed = reinhard_transform(lab_statistics(image), target)(windows)
+    expected = reinhard_normalise(image, target)
+    assert np.abs(np.concatenate(list(transformed), axis=1).astype(int) - expected).max() <= 1
