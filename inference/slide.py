@@ -837,9 +837,18 @@ def _network_stage(family: Any, net: nn.Module, device: str | torch.device, grid
                     if not remaining[i]:
                         submit(i)
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
-            stop.set()
-            results_q.put(_Failure(err))  # seen by nobody if main is done; also kept below
             failures.append(err)
+            stop.set()
+            while results_q.get() is not None:  # keep the network thread from blocking on a full queue
+                pass
+
+    def next_batch() -> Any:
+        """The reader's next item, without waiting forever on a reader or writer that stopped."""
+        while True:
+            if failures:
+                raise failures[0]
+            with contextlib.suppress(queue.Empty):
+                return batches_q.get(timeout=0.5)
 
     failures: list[BaseException] = []
     lap("setup")
@@ -856,12 +865,10 @@ def _network_stage(family: Any, net: nn.Module, device: str | torch.device, grid
     try:
         for _ in needed:
             start = time.perf_counter()
-            item = batches_q.get()
+            item = next_batch()
             timing["read_wait"] += time.perf_counter() - start
             if isinstance(item, _Failure):
                 raise item.error
-            if failures:
-                raise failures[0]
             b, windows, region_errors = item
             start = time.perf_counter()
             outputs = predict(windows)
@@ -878,7 +885,11 @@ def _network_stage(family: Any, net: nn.Module, device: str | torch.device, grid
     except BaseException:
         stop.set()
         with contextlib.suppress(queue.Full):
-            results_q.put_nowait(None)
+            results_q.put(None, timeout=5)
+        with contextlib.suppress(queue.Empty):
+            while True:  # unblock a reader waiting to hand over a batch; it stops at the next one
+                batches_q.get_nowait()
+        writer_thread.join(timeout=60)
         raise
     finally:
         net.train(was_training)

@@ -179,3 +179,32 @@ def test_coordinates_are_level0_when_the_slide_is_resampled(tmp_path: Path) -> N
     rings = [np.asarray(f["geometry"]["coordinates"][0]) for f in
              json.loads((result.output_dir / "half.geojson").read_text())["features"]]
     assert max(r[:, 0].max() for r in rings) <= 448 and max(r[:, 1].max() for r in rings) <= 320
+
+
+@pytest.mark.timeout(120)
+def test_failures_in_the_reader_or_writer_thread_reach_the_caller(slide_path: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import inference.slide
+    from misc.errors import UserError
+
+    commit = inference.slide.RawStore.commit
+
+    def full_after_two(self, batch):
+        if len(self.done) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        commit(self, batch)
+
+    family, net = toy_family(input_size=96, output_size=64, batch_size=2)  # many small batches: a full queue
+    monkeypatch.setattr(inference.slide.RawStore, "commit", full_after_two)
+    with pytest.raises(UserError, match=r"raw\.h5: cannot write"):
+        run_slide(family, net, slide_path, tmp_path / "a", "cpu", SlideOptions(**OPTIONS, prefetch=1))
+    monkeypatch.undo()
+
+    def unreadable(self, index):
+        raise RuntimeError("reader broke")
+
+    monkeypatch.setattr(inference.slide.WindowReader, "batch", unreadable)
+    with pytest.raises(RuntimeError, match="reader broke"):
+        run_slide(family, net, slide_path, tmp_path / "b", "cpu", SlideOptions(**OPTIONS))
