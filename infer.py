@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from config import add_logging_arguments, setup_logging
@@ -27,6 +28,7 @@ from engine.distributed import resolve_device
 from inference.folder import run_folder
 from inference.rawfile import OUTPUT_FORMATS
 from misc.errors import UserError, cli_main
+from misc.io import IMAGE_EXTENSIONS
 
 log = logging.getLogger("infer")
 
@@ -116,6 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     slides = list_slides(args.input)
     if slides:
+        others = [p for p in Path(args.input).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and p not in slides] if Path(args.input).is_dir() else []
+        if others:
+            log.warning("%s holds slides and %d other images; only the slides run (give the images a folder of "
+                        "their own)", args.input, len(others))
         return run_on_slides(args, slides)
     device = resolve_device(args.device)
     family, net, _ = load_checkpoint(args.model_path, device)
