@@ -29,6 +29,7 @@ from inference.folder import run_folder
 from inference.rawfile import OUTPUT_FORMATS
 from misc.errors import UserError, cli_main
 from misc.io import IMAGE_EXTENSIONS
+from models.checkpoint import load_checkpoint
 
 log = logging.getLogger("infer")
 
@@ -80,7 +81,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run_on_slides(args: argparse.Namespace, slides: list) -> int:
     """Run every slide of this process's share; returns the exit code."""
-    from engine.checkpoint import load_checkpoint
     from inference.predict import with_infer_overrides
     from inference.slide import SlideOptions, run_slides, shard
     from loader.slide import open_slide
@@ -111,7 +111,6 @@ def run_on_slides(args: argparse.Namespace, slides: list) -> int:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     """Run inference over the input images or slides; returns the exit code."""
-    from engine.checkpoint import load_checkpoint
     from loader.slide import list_slides
 
     args = parse_args(argv)

@@ -82,10 +82,10 @@ def child(argv: list[str]) -> int:
     import torch
 
     from config import load_config
-    from engine.checkpoint import load_checkpoint
     from engine.distributed import resolve_device
     from inference.slide import SlideOptions, run_slide
     from models import get_family
+    from models.checkpoint import load_checkpoint
 
     device = resolve_device(args.device)
     if args.model_path:
