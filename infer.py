@@ -1,18 +1,26 @@
-"""Predict raw maps for a folder of images with a trained checkpoint.
+"""Predict with a trained checkpoint: raw maps for a folder of image tiles, or nuclei for whole slides.
 
-``python infer.py --model-path CKPT --input DIR --output DIR [--batch-size N] [--tta/--no-tta]
-[--device D] [--mag 20|40] [--workers N] [--format npz|h5] [--bn-adapt W] [--amp/--no-amp]``
+``python infer.py --model-path CKPT --input DIR_OR_FILE --output DIR [--batch-size N] [--tta/--no-tta]
+[--device D] [--mag 20|40] [--workers N] [--format npz|h5] [--bn-adapt W] [--amp/--no-amp]
+[--slide-mpp MPP] [--mask FILE] [--type-info FILE]``
 
 The checkpoint carries the family, its resolved config and the weights; this script only
-overrides the options given. Exit code 0 when every image was predicted (or already done),
-1 when some images could not be read (they are listed), 2 on a usage error.
+overrides the options given. When the input is a slide (``.svs``, ``.ndpi``, ``.mrxs``, ``.scn``,
+pyramidal or OME-TIFF) or a folder holding slides, each slide runs end to end (see
+``inference/slide.py``: ``OUT/<stem>/`` gets GeoJSON, SQLite, HoVer-Net JSON, overlay TIFF,
+thumbnail and summary); under ``torchrun --nproc_per_node N`` the slides are shared among the
+processes. Otherwise every image is predicted into a raw file for ``process.py``.
+Exit code 0 when every image/slide was done (or already done), 1 when some images could not be
+read (they are listed), 2 on a usage error (also: not a slide, a slide without pixel size).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from config import add_logging_arguments, setup_logging
@@ -20,6 +28,7 @@ from engine.distributed import resolve_device
 from inference.folder import run_folder
 from inference.rawfile import OUTPUT_FORMATS
 from misc.errors import UserError, cli_main
+from misc.io import IMAGE_EXTENSIONS
 from models.checkpoint import load_checkpoint
 
 log = logging.getLogger("infer")
@@ -29,8 +38,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse and check the command line."""
     parser = argparse.ArgumentParser(prog="python infer.py", description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", required=True, help="checkpoint file (best.pt/latest.pt from train.py)")
-    parser.add_argument("--input", required=True, help="folder of images (png, jpg, tif, bmp), or one image")
-    parser.add_argument("--output", required=True, help="folder for the raw predictions")
+    parser.add_argument("--input", required=True,
+                        help="folder of images (png, jpg, tif, bmp) or of slides, or one image or slide")
+    parser.add_argument("--output", required=True, help="folder for the raw predictions or the slides' outputs")
     parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default infer.batch_size)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="test-time augmentation (default infer.tta of the checkpoint's config)")
@@ -44,23 +54,75 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="run the network under bf16 autocast (fp16 on GPUs without bf16; on a CPU only with "
                              "native bf16); default infer.amp of the checkpoint's config (infer.channels_last "
                              "applies either way)")
-    parser.add_argument("--workers", type=int, default=2, help="image-reading threads (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="image- or region-reading threads (default 2)")
     parser.add_argument("--format", choices=OUTPUT_FORMATS, default="npz",
-                        help="one .npz per image (default) or one raw.h5 for the folder")
+                        help="images: one .npz per image (default) or one raw.h5 for the folder")
+    parser.add_argument("--slide-mpp", type=float, default=None, metavar="MPP",
+                        help="slides: micrometres per level-0 pixel, for slides whose metadata lacks it "
+                             "(overrides the metadata when given)")
+    parser.add_argument("--mask", default=None,
+                        help="slides: tissue-mask image covering the slide (non-zero = tissue) instead of detection")
+    parser.add_argument("--tile", type=int, default=1024,
+                        help="slides: post-processing tile side at the network's resolution (default 1024)")
+    parser.add_argument("--postproc-workers", type=int, default=1,
+                        help="slides: tiles post-processed at once, alongside the network (default 1)")
+    parser.add_argument("--type-info", default=None,
+                        help="slides: HoVer-Net type_info.json naming and colouring the types")
     add_logging_arguments(parser)
     args = parser.parse_args(argv)
-    for name in ("batch_size", "mag", "workers"):
+    for name in ("batch_size", "mag", "workers", "postproc_workers"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.slide_mpp is not None and not args.slide_mpp > 0:
+        raise UserError(f"--slide-mpp must be > 0 micrometres per pixel, got {args.slide_mpp}")
     return args
+
+
+def run_on_slides(args: argparse.Namespace, slides: list) -> int:
+    """Run every slide of this process's share; returns the exit code."""
+    from inference.predict import with_infer_overrides
+    from inference.slide import SlideOptions, run_slides, shard
+    from loader.slide import open_slide
+    from postproc.formats import load_type_info
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    mine = shard(slides, rank, world)
+    for path in mine:  # every slide opens and has a pixel size before any work starts
+        open_slide(path, args.slide_mpp).close()
+    if args.mask is not None and len(slides) > 1:
+        raise UserError("--mask covers one slide; give one slide as --input with it")
+    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
+    family, net, _ = load_checkpoint(args.model_path, device)
+    family = with_infer_overrides(family, tta=args.tta, batch_size=args.batch_size, amp=args.amp)
+    options = SlideOptions(
+        slide_mpp=args.slide_mpp, mask=args.mask, batch_size=args.batch_size, tile=args.tile,
+        readers=args.workers, postproc_workers=args.postproc_workers, show_progress=not args.quiet,
+        type_info=load_type_info(args.type_info) if args.type_info else None,
+    )
+    if world > 1:
+        log.info("rank %d of %d: %d of %d slides", rank, world, len(mine), len(slides))
+    results = run_slides(family, net, mine, args.output, device, options)
+    log.info("%d slides done, %d already done; outputs in %s",
+             sum(not r.skipped for r in results), sum(r.skipped for r in results), args.output)
+    return 0
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run inference over the input folder; returns the exit code."""
+    """Run inference over the input images or slides; returns the exit code."""
+    from loader.slide import list_slides
+
     args = parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
+    slides = list_slides(args.input)
+    if slides:
+        others = [p for p in Path(args.input).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and p not in slides] if Path(args.input).is_dir() else []
+        if others:
+            log.warning("%s holds slides and %d other images; only the slides run (give the images a folder of "
+                        "their own)", args.input, len(others))
+        return run_on_slides(args, slides)
     device = resolve_device(args.device)
     family, net, _ = load_checkpoint(args.model_path, device)
     report = run_folder(
