@@ -20,6 +20,7 @@ from models.base import Family
 FAMILIES: dict[str, str] = {
     "hovernet": "models.hovernet.family:HoVerNetFamily",
     "fullnet": "models.fullnet.family:FullNetFamily",
+    "unet": "models.unet.family:UNetFamily",
 }
 PLUGINS_ENV = "HISTOSEG_PLUGINS"
 
