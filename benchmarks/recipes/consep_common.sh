@@ -54,7 +54,7 @@ PY
 
 # budget_seconds FAMILY DATA START [TRAIN_OPTION...]: the seconds left for training in the budget
 # of $BUDGET_MINUTES minutes since START (unix seconds) once the scoring of the $VALID_PART
-# patches is set aside (`python -m misc.budget --seconds`, its reasoning on stderr). Of the
+# patches is set aside (`python -m engine.budget --seconds`, its reasoning on stderr). Of the
 # train.py options only the --set ones apply.
 budget_seconds() {
     local family=$1 data=$2 start=$3 sets=() images
@@ -62,7 +62,7 @@ budget_seconds() {
     mapfile -t sets < <(set_options "$@")
     images=$(mktemp -d)
     link_valid_images "$data" "$images"
-    python -m misc.budget --model "$family" --profile cpu --data "folder:$data" --score-images "$images" --seconds \
+    python -m engine.budget --model "$family" --profile cpu --data "folder:$data" --score-images "$images" --seconds \
         --budget-s "$(( ${BUDGET_MINUTES:-30} * 60 - ($(date +%s) - start) - SCORING_MARGIN_S ))" \
         --num-threads "${OMP_NUM_THREADS:-2}" --set "data.split=$SPLIT:$TRAIN_PART" "${sets[@]}"
     rm -rf "$images"

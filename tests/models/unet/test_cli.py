@@ -9,7 +9,7 @@ import numpy as np
 
 import infer
 import process
-from misc.synthetic import write_dataset
+from loader.synthetic import write_dataset
 from tests.engine.helpers import run_train
 
 TINY_DEMO = [

@@ -10,8 +10,8 @@ import models.unet.postproc as unet_postproc
 from config import load_config
 from metrics import instance_stats
 from misc.errors import UserError
-from misc.inference import infer_image
-from misc.synthetic import generate_tile
+from inference.predict import infer_image
+from loader.synthetic import generate_tile
 from models import get_family
 from models.hovernet.targets import hv_map
 from models.unet.family import UNetFamily, flip_tta_average

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from misc.errors import UserError
-from misc.synthetic import generate_tile
+from loader.synthetic import generate_tile
 from models.hovernet.targets import HoVerTargets
 from models.unet.sampling import class_aware_weights, type_counts
 from models.unet.targets import UNetTargets, one_hot_types
