@@ -1,11 +1,14 @@
 """Predict raw maps for a folder of images with a trained checkpoint.
 
-``python infer.py --model-path CKPT --input DIR --output DIR [--batch-size N] [--tta/--no-tta]
-[--device D] [--mag 20|40] [--workers N] [--format npz|h5] [--bn-adapt W] [--amp/--no-amp]``
+``python infer.py --model-path CKPT [CKPT ...] --input DIR --output DIR [--batch-size N]
+[--tta/--no-tta] [--device D] [--mag 20|40] [--workers N] [--format npz|h5] [--bn-adapt W]
+[--amp/--no-amp]``
 
 The checkpoint carries the family, its resolved config and the weights; this script only
-overrides the options given. Exit code 0 when every image was predicted (or already done),
-1 when some images could not be read (they are listed), 2 on a usage error.
+overrides the options given. Several checkpoints form an ensemble: their maps are averaged
+(:mod:`inference.ensemble`; the first one's family post-processes them). Exit code 0 when
+every image was predicted (or already done), 1 when some images could not be read (they are
+listed), 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Sequence
 
 from config import add_logging_arguments, setup_logging
 from engine.distributed import resolve_device
+from inference.ensemble import Member, run_ensemble_folder
 from inference.folder import run_folder
 from inference.rawfile import OUTPUT_FORMATS
 from misc.errors import UserError, cli_main
@@ -28,7 +32,9 @@ log = logging.getLogger("infer")
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse and check the command line."""
     parser = argparse.ArgumentParser(prog="python infer.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--model-path", required=True, help="checkpoint file (best.pt/latest.pt from train.py)")
+    parser.add_argument("--model-path", required=True, nargs="+",
+                        help="checkpoint file (best.pt/latest.pt from train.py); several: an ensemble averaging "
+                             "their maps (families emitting the same maps, .npz output)")
     parser.add_argument("--input", required=True, help="folder of images (png, jpg, tif, bmp), or one image")
     parser.add_argument("--output", required=True, help="folder for the raw predictions")
     parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default infer.batch_size)")
@@ -53,6 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if len(args.model_path) > 1 and args.format != "npz":
+        raise UserError(f"--format {args.format}: an ensemble of {len(args.model_path)} checkpoints writes npz files")
     return args
 
 
@@ -62,12 +70,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     device = resolve_device(args.device)
-    family, net, _ = load_checkpoint(args.model_path, device)
-    report = run_folder(
-        family, net, args.input, args.output, device,
-        batch_size=args.batch_size, tta=args.tta, mag=args.mag, workers=args.workers,
-        output_format=args.format, show_progress=not args.quiet, bn_adapt=args.bn_adapt, amp=args.amp,
-    )
+    if len(args.model_path) > 1:
+        members = [Member(path, *load_checkpoint(path, device)[:2]) for path in args.model_path]
+        report = run_ensemble_folder(
+            members, args.input, args.output, device, show_progress=not args.quiet,
+            batch_size=args.batch_size, tta=args.tta, mag=args.mag, bn_adapt=args.bn_adapt, amp=args.amp,
+        )
+    else:
+        family, net, _ = load_checkpoint(args.model_path[0], device)
+        report = run_folder(
+            family, net, args.input, args.output, device,
+            batch_size=args.batch_size, tta=args.tta, mag=args.mag, workers=args.workers,
+            output_format=args.format, show_progress=not args.quiet, bn_adapt=args.bn_adapt, amp=args.amp,
+        )
     log.info("%d predicted, %d already done, %d unreadable; outputs in %s",
              len(report.done), len(report.skipped), len(report.failed), args.output)
     for path, reason in report.failed:

@@ -35,6 +35,9 @@ def test_demo_trains_infers_and_scores(tmp_path: Path) -> None:
         assert str(raw["family"]) == "unet" and raw["tp_prob"].shape == (72, 80, 4)
         assert np.abs(raw["hv"]).max() <= 1.0
     assert process.main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"),
-                         "--gt", f"folder:{tmp_path / 'tiles'}", "--quiet"]) == 0
+                         "--gt", f"folder:{tmp_path / 'tiles'}", "--count-crop", "56", "--quiet"]) == 0
     scores = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert len(scores["per_image"]) == 2 and {"mpq_plus", "r2"} <= set(scores["pooled"])
+    assert scores["options"]["count_crop"] == 56
+    header = (tmp_path / "out" / "composition.csv").read_text().splitlines()[0]
+    assert header.startswith("image,type1") and header.endswith(",total")
