@@ -63,11 +63,13 @@ def check_same_maps(members: Sequence[Member], device: torch.device) -> None:
             )
 
 
-def ensemble_image(members: Sequence[Member], image: np.ndarray, device: torch.device) -> dict[str, np.ndarray]:
-    """Mean over ``members`` of their (H, W, C) float32 maps of one (H, W, 3) uint8 image."""
+def ensemble_image(
+    members: Sequence[Member], image: np.ndarray, device: torch.device, amp_dtypes: Sequence[torch.dtype | None]
+) -> dict[str, np.ndarray]:
+    """Mean over ``members`` of their (H, W, C) float32 maps of one (H, W, 3) uint8 image; each
+    member's network runs under autocast to its ``amp_dtypes`` entry (None: float32)."""
     total: dict[str, np.ndarray] = {}
-    for member in members:
-        amp_dtype = inference_precision(member.family, member.net, device)
+    for member, amp_dtype in zip(members, amp_dtypes):
         maps = infer_image(member.family, member.net, image, device, amp_dtype=amp_dtype)
         for name, value in maps.items():
             total[name] = total[name] + value if name in total else value.astype(np.float32, copy=True)
@@ -104,6 +106,7 @@ def run_ensemble_folder(
     device = torch.device(device)
     members = [Member(m.checkpoint, with_infer_overrides(m.family, **overrides), m.net) for m in members]
     check_same_maps(members, device)
+    amp_dtypes = [inference_precision(m.family, m.net, device) for m in members]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = RunReport()
@@ -118,7 +121,7 @@ def run_ensemble_folder(
             log.warning("skipping unreadable image: %s", err)
             report.failed.append((path, str(err)))
             continue
-        maps = ensemble_image(members, image, device)
+        maps = ensemble_image(members, image, device, amp_dtypes)
         check_map_names(maps)
         arrays = {**maps, **meta_arrays(first, image, path, first.cfg["infer"].get("mag", 40)),
                   MEMBERS_NAME: members_record(members)}
