@@ -169,11 +169,12 @@ class UNetFamily(Family):
             entry["type"], entry["type_prob"] = types.get(inst_id, 0), type_probs.get(inst_id, 0.0)
         return {"inst_map": inst_map, "type_map": instance_type_map(inst_map, info), "inst_info": info}
 
-    def sample_weights(self, type_maps: Sequence[np.ndarray], inst_maps: Sequence[np.ndarray]) -> np.ndarray | None:
-        """Class-aware sampling weights of training patches (``data.resample``), or None (off).
+    def sample_weights(self, samples: Sequence[Any]) -> np.ndarray | None:
+        """Class-aware sampling weights of the training patches (``data.resample``), or None (off).
 
         Args:
-            type_maps, inst_maps: per patch, (H, W) int type and instance maps.
+            samples: training samples with ``inst_map`` and ``type_map`` (H, W) int (attributes
+                or keys); each is read once.
 
         Returns:
             (P,) float64 repeat factors >= 1 with ``data.resample`` as the threshold (see
@@ -182,5 +183,15 @@ class UNetFamily(Family):
         threshold = (self.cfg.get("data") or {}).get("resample")
         if threshold is None:
             return None
-        counts = np.stack([type_counts(inst, types, self.nr_types) for inst, types in zip(inst_maps, type_maps)])
-        return class_aware_weights(counts, float(threshold))
+        counts = []
+        for sample in samples:
+            inst_map, type_map = (_field(sample, key) for key in ("inst_map", "type_map"))
+            if type_map is None:
+                raise UserError("data.resample needs nucleus types but a training sample has no type_map")
+            counts.append(type_counts(np.asarray(inst_map), np.asarray(type_map), self.nr_types))
+        return class_aware_weights(np.stack(counts), float(threshold))
+
+
+def _field(sample: Any, key: str) -> Any:
+    """``sample[key]`` of a dict, else its attribute ``key`` (None when absent)."""
+    return sample.get(key) if isinstance(sample, dict) else getattr(sample, key, None)

@@ -15,7 +15,7 @@ from tests.engine.helpers import run_train
 TINY_DEMO = [
     "--set", "infer.input_size=64", "--set", "infer.output_size=64", "--set", "infer.keep_margin=8",
     "--set", "data.synthetic={n_train: 2, n_val: 1, size: 64, seed: 0}", "--set", "data.patch_size=64",
-    "--set", "train.phases.0.batch_size=2", "--set", "train.phases.0.epochs=1",
+    "--set", "train.phases.0.batch_size=2", "--set", "train.phases.0.epochs=1", "--set", "data.resample=0.5",
 ]
 
 

@@ -129,7 +129,19 @@ def test_missing_map_is_a_user_error():
 
 def test_sample_weights_follow_data_resample():
     inst, types = disks(7, 56)
-    assert family().sample_weights([types], [inst]) is None
-    weights = family("data.resample=1.0").sample_weights([types, np.zeros_like(types)], [inst, np.zeros_like(inst)])
+    samples = [{"inst_map": inst, "type_map": types}, {"inst_map": np.zeros_like(inst), "type_map": np.zeros_like(types)}]
+    assert family().sample_weights(samples) is None
     # types 1 and 3 each in 1 of 2 patches: r = sqrt(1 / 0.5) for the first patch, 1 for the empty one
-    assert weights.tolist() == pytest.approx([2**0.5, 1.0])
+    assert family("data.resample=1.0").sample_weights(samples).tolist() == pytest.approx([2**0.5, 1.0])
+
+
+def test_resampling_trains_through_the_engine(tmp_path):
+    from engine.data import WeightedShardSampler, build_splits
+
+    cfg = load_config("unet", "demo", overrides=[*SMALL, "data.resample=0.9", "data.synthetic.size=64"])
+    samples, _ = build_splits(cfg["data"], 0)
+    weights = UNetFamily(cfg).sample_weights(samples)
+    assert weights.shape == (len(samples),) and (weights >= 1.0).all() and weights.max() > 1.0
+    sampler = WeightedShardSampler(weights, num_replicas=2, rank=1, seed=0)
+    sampler.set_epoch(3)
+    assert len(list(sampler)) == len(sampler) == len(samples) // 2 and list(sampler) == list(sampler)
