@@ -1,7 +1,8 @@
 """The ``unet`` family: the CoNIC 2022 "winning approach" U-Net (SEEDS 6).
 
 Configuration (``opt/unet.yaml``): ``model`` {nr_types, encoder {units, width, groups,
-base_width, reduction}, decoder {width, dropout}, pretrained, reinhard, reinhard_anchor};
+base_width, reduction}, decoder {width, dropout}, zero_init_hv, pretrained, reinhard,
+reinhard_anchor};
 ``targets`` {hv_min_area}; ``loss`` {focal_gamma, class_weights, msge_kernel_size};
 ``data`` {resample: class-aware patch weights, see :mod:`models.unet.sampling`}; ``infer``
 {input_size = output_size, tta, mag, ...}; ``postproc`` (HoVer-Net's constants at
@@ -93,6 +94,7 @@ class UNetFamily(Family):
             reduction=int(encoder.get("reduction", 16)),
             decoder_width=float(decoder.get("width", 1.0)),
             dropout=float(decoder.get("dropout", 0.5)),
+            zero_init_hv=bool(model.get("zero_init_hv", False)),
             pretrained=model.get("pretrained"),
         )
 

@@ -82,6 +82,9 @@ class UNet(nn.Module):
             reduction (published 32, 4, 16).
         decoder_width: decoder channel multiplier (1.0 = published).
         dropout: Dropout2d probability after each decoder upsampling (published 0.5).
+        zero_init_hv: start the ``hv`` head at zero (weights and bias), where tanh has its full
+            slope; the published (Kaiming fan-out) start gives logits of several units, whose
+            saturated tanh short CPU runs spend many steps leaving (published: False).
         pretrained: local Cadene ImageNet ``.pth`` for the encoder (see
             :func:`models.unet.encoder.load_pretrained`), or None.
 
@@ -101,6 +104,7 @@ class UNet(nn.Module):
         reduction: int = SE_REDUCTION,
         decoder_width: float = 1.0,
         dropout: float = 0.5,
+        zero_init_hv: bool = False,
         pretrained: str | Path | None = None,
     ) -> None:
         super().__init__()
@@ -113,6 +117,9 @@ class UNet(nn.Module):
         channels = self.decoder.out_channels
         self.heads = nn.ModuleDict({"np": Head(channels, 2), "hv": Head(channels, 2), "tp": Head(channels, nr_types)})
         self._init_weights()
+        if zero_init_hv:
+            nn.init.zeros_(self.heads["hv"].conv.weight)
+            nn.init.zeros_(self.heads["hv"].conv.bias)
         if pretrained is not None:
             load_pretrained(self.encoder, pretrained)
 

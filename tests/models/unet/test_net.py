@@ -136,6 +136,16 @@ def test_missing_pretrained_file_is_a_user_error(tmp_path):
         UNet(nr_types=3, **TINY, pretrained=tmp_path / "none.pth")
 
 
+def test_zero_init_hv_starts_tanh_at_its_steepest():
+    torch.manual_seed(0)
+    published = UNet(nr_types=3, **TINY).eval()
+    zeroed = UNet(nr_types=3, **TINY, zero_init_hv=True).eval()
+    images = torch.rand(1, 3, 32, 32) * 255
+    with torch.no_grad():
+        assert published(images)["hv"].abs().mean() > 1.0  # Kaiming fan-out: tanh saturates
+        assert torch.all(zeroed(images)["hv"] == 0.0)
+
+
 def test_bad_options_are_user_errors():
     with pytest.raises(UserError, match="nr_types must be >= 2"):
         UNet(nr_types=1, **TINY)
