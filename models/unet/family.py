@@ -2,11 +2,10 @@
 
 Configuration (``opt/unet.yaml``): ``model`` {nr_types, encoder {units, width, groups,
 base_width, reduction}, decoder {width, dropout}, zero_init_hv, pretrained, reinhard,
-reinhard_anchor};
-``targets`` {hv_min_area}; ``loss`` {focal_gamma, class_weights, msge_kernel_size};
-``data`` {resample: class-aware patch weights, see :mod:`models.unet.sampling`}; ``infer``
-{input_size = output_size, tta, mag, ...}; ``postproc`` (HoVer-Net's constants at
-``base_mag`` and ``resample_to_base``).
+reinhard_anchor}; ``targets`` {hv_min_area}; ``loss`` {focal_gamma, class_weights,
+msge_kernel_size}; ``data`` {resample: class-aware patch weights, see
+:mod:`models.unet.sampling`}; ``infer`` {input_size = output_size, tta, mag, ...};
+``postproc`` (HoVer-Net's constants at ``base_mag`` and ``resample_to_base``).
 """
 
 from __future__ import annotations
