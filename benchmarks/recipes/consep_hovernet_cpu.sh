@@ -11,7 +11,7 @@
 #    background (model.nr_types=5), on the whole 256 px patches (data.patch_size=256) with the
 #    PanNuke-style augmentation for patches without context (flips, blur/noise, colour; no affine),
 #    for EPOCHS epochs with no validation (default: as many of the profile's 20 as fit the budget);
-# 3. infer.py (the profile's 8-fold TTA) on the validation patches and process.py with the
+# 3. infer.py (the profile's 8-fold TTA; one window per 256 px patch) on the validation patches and process.py with the
 #    published post-processing constants (np_threshold 0.5, min_marker_area 10; the cpu profile's
 #    own are tuned on MoNuSeg) scoring them; the last line is one JSON object: mPQ+, R^2, binary PQ
 #    and PQ+ per type.
@@ -22,4 +22,5 @@ cd "$(dirname "$0")/../.."
 source benchmarks/recipes/consep_common.sh
 run_recipe hovernet "$(consep_data "${1:-}")" "${2:-runs/consep_hovernet_cpu}" "${3:-}" \
     --set model.nr_types=5 --set data.patch_size=256 --set data.augment=hovernet_pannuke \
-    --set postproc.np_threshold=0.5 --set postproc.min_marker_area=10
+    --set postproc.np_threshold=0.5 --set postproc.min_marker_area=10 \
+    --set infer.keep_margin=0   # each validation patch is one 256 px window: no seams to trim
