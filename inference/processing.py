@@ -4,6 +4,7 @@ cell composition, and optionally score them against a dataset (``process.py``)."
 from __future__ import annotations
 
 import contextlib
+import csv
 import logging
 import os
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ from inference.folder import write_failure
 from inference.rawfile import RawRef, find_raw
 from loader import read_dataset
 from metrics import mean_rows
-from metrics.scoring import LabelPair, print_table, score_pairs, write_results
+from metrics.scoring import LabelPair, central_crop, print_table, score_pairs, type_counts, write_results
 from misc.errors import UserError
+from misc.io import atomic_write
 from models import get_family, load_plugins
 from postproc.formats import DEFAULT_FORMATS, FORMATS, write_outputs
 
@@ -38,8 +40,6 @@ class ProcessReport:
 def composition(inst_map: np.ndarray, type_map: np.ndarray | None, count_crop: int | None) -> np.ndarray | None:
     """Nuclei per type 1..max type of one image, in its central ``count_crop`` square (whole
     image when None), each nucleus typed by majority vote; (T,) int64, None when untyped."""
-    from metrics.scoring import central_crop, type_counts
-
     if type_map is None:
         return None
     inst_map, type_map = central_crop(np.asarray(inst_map), count_crop), central_crop(np.asarray(type_map), count_crop)
@@ -51,10 +51,6 @@ def write_composition(path: Path, counts: dict[str, np.ndarray], type_info: dict
     """Write ``counts`` (image name -> (T_i,) counts of types 1..T_i) as a CSV: one row per image
     (sorted), one column per type 1..T (the largest T of the images and ``type_info``; named
     by ``type_info`` when given, else ``type<t>``) and their ``total``."""
-    import csv
-
-    from misc.io import atomic_write
-
     nr_types = max([len(c) for c in counts.values()] + [max((int(t) for t in type_info or {}), default=0)])
     names = [str((type_info or {}).get(t, (f"type{t}",))[0]) for t in range(1, nr_types + 1)]
     with atomic_write(path, "w") as handle:

@@ -26,42 +26,13 @@ from models.unet.sampling import class_aware_weights, type_counts
 from models.unet.targets import UNetTargets
 from postproc.instances import instance_info, instance_type_map
 
-#: Output maps that are (x, y) vector fields: a horizontal flip negates channel 0, a
-#: vertical flip channel 1.
-VECTOR_MAPS = ("hv",)
-#: The published TTA: identity, horizontal flip, vertical flip (flipped image axes).
-FLIP_TTA: tuple[tuple[int, ...], ...] = ((), (3,), (2,))
-
-
-def flip_tta_average(predict: Any, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean of ``predict`` over the identity and the horizontal and vertical flips of ``images``.
-
-    Args:
-        predict: (N, 3, H, W) -> named (N, C, H, W) maps.
-        images: (N, 3, H, W).
-
-    Returns:
-        The same names, each averaged after flipping back; in :data:`VECTOR_MAPS` the
-        horizontal component is negated after a horizontal flip, the vertical one after a
-        vertical flip.
-    """
-    total: dict[str, torch.Tensor] = {}
-    for dims in FLIP_TTA:
-        outputs = predict(images.flip(dims) if dims else images)
-        for name, value in outputs.items():
-            value = value.flip(dims) if dims else value
-            if name in VECTOR_MAPS and dims:
-                sign = torch.ones(2, 1, 1, dtype=value.dtype, device=value.device)
-                sign[0 if dims == (3,) else 1] = -1.0
-                value = value * sign
-            total[name] = total[name] + value if name in total else value
-    return {name: value / len(FLIP_TTA) for name, value in total.items()}
-
-
 class UNetFamily(Family):
     """U-Net with an SE-ResNeXt encoder and NP / HV / TP heads (Zhang et al., CoNIC 2022)."""
 
     name = "unet"
+    #: ``hv``: channel 0 horizontal (x), channel 1 vertical (y); test-time augmentation
+    #: (``infer.tta``, published: identity, hflip, vflip) negates them as it flips back.
+    vector_maps = {"hv": (0, 1)}
 
     @property
     def nr_types(self) -> int:
@@ -132,11 +103,12 @@ class UNetFamily(Family):
         }
 
     def predict(self, net: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``np_prob``, ``hv``, ``tp_prob`` for (N, 3, H, W) windows in 0-255; with ``infer.tta``
-        averaged over the identity and horizontal / vertical flips (published TTA x3)."""
+        """``np_prob``, ``hv`` (tanh), ``tp_prob`` for (N, 3, H, W) windows in 0-255.
+
+        The inference predictor averages these maps over the transforms of ``infer.tta``
+        (published: ``[identity, hflip, vflip]``), bringing ``hv`` back as :attr:`vector_maps`.
+        """
         with torch.no_grad():
-            if self.cfg["infer"].get("tta"):
-                return flip_tta_average(lambda x: self.probabilities(net(x)), images)
             return self.probabilities(net(images))
 
     def postprocess(self, raw: dict[str, np.ndarray], mag: float | None = None, **options: Any) -> dict[str, Any]:

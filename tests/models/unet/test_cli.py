@@ -30,7 +30,7 @@ def test_demo_trains_infers_and_scores(tmp_path: Path) -> None:
 
     write_dataset(tmp_path / "tiles", 2, seed=7, shape=(72, 80))
     assert infer.main(["--model-path", str(checkpoint), "--input", str(tmp_path / "tiles" / "images"),
-                       "--output", str(tmp_path / "raw"), "--device", "cpu", "--tta", "--quiet"]) == 0
+                       "--output", str(tmp_path / "raw"), "--device", "cpu", "--quiet"]) == 0
     with np.load(sorted((tmp_path / "raw").glob("*.npz"))[0]) as raw:
         assert str(raw["family"]) == "unet" and raw["tp_prob"].shape == (72, 80, 4)
         assert np.abs(raw["hv"]).max() <= 1.0

@@ -14,7 +14,8 @@ from inference.predict import infer_image
 from loader.synthetic import generate_tile
 from models import get_family
 from models.hovernet.targets import hv_map
-from models.unet.family import UNetFamily, flip_tta_average
+from inference.predict import family_predictor
+from models.unet.family import UNetFamily
 
 SMALL = ["infer.input_size=64", "infer.output_size=64", "infer.keep_margin=8"]
 
@@ -34,7 +35,7 @@ def test_paper_profile_is_the_published_recipe():
     assert phase["schedule"] == {"name": "multistep", "milestones": [30, 40], "gamma": 0.1}
     assert phase["loss_weights"] == {"np_bce": 2.0, "np_dice": 2.0, "hv_mse": 2.0, "hv_msge": 2.0, "tp_focal": 2.0}
     assert cfg["model"]["encoder"]["units"] == [3, 4, 6, 3] and cfg["model"]["decoder"]["dropout"] == 0.5
-    assert cfg["data"]["augment"] == "unet" and cfg["infer"]["tta"] is True and cfg["infer"]["mag"] == 20
+    assert cfg["data"]["augment"] == "unet" and cfg["infer"]["tta"] == ["identity", "hflip", "vflip"] and cfg["infer"]["mag"] == 20
 
 
 @pytest.mark.parametrize("profile, most", [("cpu", 1_000_000), ("demo", 1_000_000)])
@@ -48,19 +49,22 @@ def test_output_window_must_equal_the_input():
         family("infer.output_size=48").build_network()
 
 
-def test_flip_tta_undoes_the_flips_and_the_hv_signs():
-    def gradients(images: torch.Tensor) -> dict[str, torch.Tensor]:
-        dy, dx = torch.gradient(images[:, 0], dim=(1, 2))  # flip-antisymmetric derivatives
-        return {"hv": torch.stack([dx, dy], 1), "np_prob": images[:, 1:2]}
-
-    images = torch.rand(2, 3, 9, 7)
-    averaged, plain = flip_tta_average(gradients, images), gradients(images)
-    for name in plain:
-        torch.testing.assert_close(averaged[name], plain[name])
+def test_published_tta_averages_the_flips_with_hv_signs_undone():
+    fam = family("infer.tta=[identity, hflip, vflip]")
+    torch.manual_seed(0)
+    net = fam.build_network().eval()
+    windows = (np.random.default_rng(0).random((1, 64, 64, 3)) * 255).astype(np.uint8)
+    averaged = family_predictor(fam, net, torch.device("cpu"))(windows)
+    plain = family_predictor(family("infer.tta=false"), net, torch.device("cpu"))
+    flipped = [plain(windows), plain(windows[:, :, ::-1]), plain(windows[:, ::-1])]
+    hv = (flipped[0]["hv"] + flipped[1]["hv"][:, :, ::-1] * [-1, 1] + flipped[2]["hv"][:, ::-1] * [1, -1]) / 3
+    np.testing.assert_allclose(averaged["hv"], hv, atol=1e-5)
+    np_prob = (flipped[0]["np_prob"] + flipped[1]["np_prob"][:, :, ::-1] + flipped[2]["np_prob"][:, ::-1]) / 3
+    np.testing.assert_allclose(averaged["np_prob"], np_prob, atol=1e-5)
 
 
 def test_predict_gives_probabilities_and_tanh_hv():
-    fam = family("infer.tta=true")
+    fam = family()
     torch.manual_seed(0)
     net = fam.build_network().eval()
     out = fam.predict(net, torch.rand(1, 3, 64, 64) * 255)
