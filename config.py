@@ -80,8 +80,9 @@ def _type_name(value: Any) -> str:
 
 
 #: Keys whose value may also take these types, whatever the default's type: ``data.augment``
-#: names a preset of ``opt/augment.yaml`` or lists its ops (:func:`loader.augment.build_augment`).
-ALTERNATIVE_TYPES: dict[str, tuple[type, ...]] = {"data.augment": (str, list)}
+#: names a preset of ``opt/augment.yaml`` or lists its ops (:func:`loader.augment.build_augment`);
+#: ``infer.tta`` is on/off or lists transform names (:mod:`inference.tta`).
+ALTERNATIVE_TYPES: dict[str, tuple[type, ...]] = {"data.augment": (str, list), "infer.tta": (bool, list)}
 
 
 def _compatible(default: Any, value: Any) -> bool:

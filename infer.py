@@ -1,17 +1,19 @@
 """Predict with a trained checkpoint: raw maps for a folder of image tiles, or nuclei for whole slides.
 
-``python infer.py --model-path CKPT --input DIR_OR_FILE --output DIR [--batch-size N] [--tta/--no-tta]
-[--device D] [--mag 20|40] [--workers N] [--format npz|h5] [--bn-adapt W] [--amp/--no-amp]
-[--slide-mpp MPP] [--mask FILE] [--type-info FILE]``
+``python infer.py --model-path CKPT [CKPT ...] --input DIR_OR_FILE --output DIR [--batch-size N]
+[--tta/--no-tta] [--device D] [--mag 20|40] [--workers N] [--format npz|h5] [--bn-adapt W]
+[--amp/--no-amp] [--slide-mpp MPP] [--mask FILE] [--type-info FILE]``
 
 The checkpoint carries the family, its resolved config and the weights; this script only
-overrides the options given. When the input is a slide (``.svs``, ``.ndpi``, ``.mrxs``, ``.scn``,
-pyramidal or OME-TIFF) or a folder holding slides, each slide runs end to end (see
-``inference/slide.py``: ``OUT/<stem>/`` gets GeoJSON, SQLite, HoVer-Net JSON, overlay TIFF,
-thumbnail and summary); under ``torchrun --nproc_per_node N`` the slides are shared among the
-processes. Otherwise every image is predicted into a raw file for ``process.py``.
-Exit code 0 when every image/slide was done (or already done), 1 when some images could not be
-read (they are listed), 2 on a usage error (also: not a slide, a slide without pixel size).
+overrides the options given. Several checkpoints form an ensemble on image folders: their maps
+are averaged (:mod:`inference.ensemble`; the first one's family post-processes them). When the
+input is a slide (``.svs``, ``.ndpi``, ``.mrxs``, ``.scn``, pyramidal or OME-TIFF) or a folder
+holding slides, each slide runs end to end (see ``inference/slide.py``: ``OUT/<stem>/`` gets
+GeoJSON, SQLite, HoVer-Net JSON, overlay TIFF, thumbnail and summary); under ``torchrun
+--nproc_per_node N`` the slides are shared among the processes. Otherwise every image is
+predicted into a raw file for ``process.py``. Exit code 0 when every image/slide was done (or
+already done), 1 when some images could not be read (they are listed), 2 on a usage error
+(also: not a slide, a slide without pixel size).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Sequence
 
 from config import add_logging_arguments, setup_logging
 from engine.distributed import resolve_device
+from inference.ensemble import Member, run_ensemble_folder
 from inference.folder import run_folder
 from inference.rawfile import OUTPUT_FORMATS
 from misc.errors import UserError, cli_main
@@ -37,7 +40,9 @@ log = logging.getLogger("infer")
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse and check the command line."""
     parser = argparse.ArgumentParser(prog="python infer.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--model-path", required=True, help="checkpoint file (best.pt/latest.pt from train.py)")
+    parser.add_argument("--model-path", required=True, nargs="+",
+                        help="checkpoint file (best.pt/latest.pt from train.py); several: an ensemble averaging "
+                             "their maps (image folders only; families emitting the same maps, .npz output)")
     parser.add_argument("--input", required=True,
                         help="folder of images (png, jpg, tif, bmp) or of slides, or one image or slide")
     parser.add_argument("--output", required=True, help="folder for the raw predictions or the slides' outputs")
@@ -76,6 +81,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.slide_mpp is not None and not args.slide_mpp > 0:
         raise UserError(f"--slide-mpp must be > 0 micrometres per pixel, got {args.slide_mpp}")
+    if len(args.model_path) > 1 and args.format != "npz":
+        raise UserError(f"--format {args.format}: an ensemble of {len(args.model_path)} checkpoints writes npz files")
     return args
 
 
@@ -92,8 +99,11 @@ def run_on_slides(args: argparse.Namespace, slides: list) -> int:
         open_slide(path, args.slide_mpp).close()
     if args.mask is not None and len(slides) > 1:
         raise UserError("--mask covers one slide; give one slide as --input with it")
+    if len(args.model_path) > 1:
+        raise UserError(f"--model-path: an ensemble of {len(args.model_path)} checkpoints runs on image folders, "
+                        "not on slides; give one checkpoint")
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
-    family, net, _ = load_checkpoint(args.model_path, device)
+    family, net, _ = load_checkpoint(args.model_path[0], device)
     family = with_infer_overrides(family, tta=args.tta, batch_size=args.batch_size, amp=args.amp)
     options = SlideOptions(
         slide_mpp=args.slide_mpp, mask=args.mask, batch_size=args.batch_size, tile=args.tile,
@@ -124,12 +134,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "their own)", args.input, len(others))
         return run_on_slides(args, slides)
     device = resolve_device(args.device)
-    family, net, _ = load_checkpoint(args.model_path, device)
-    report = run_folder(
-        family, net, args.input, args.output, device,
-        batch_size=args.batch_size, tta=args.tta, mag=args.mag, workers=args.workers,
-        output_format=args.format, show_progress=not args.quiet, bn_adapt=args.bn_adapt, amp=args.amp,
-    )
+    if len(args.model_path) > 1:
+        members = [Member(path, *load_checkpoint(path, device)[:2]) for path in args.model_path]
+        report = run_ensemble_folder(
+            members, args.input, args.output, device, show_progress=not args.quiet,
+            batch_size=args.batch_size, tta=args.tta, mag=args.mag, bn_adapt=args.bn_adapt, amp=args.amp,
+        )
+    else:
+        family, net, _ = load_checkpoint(args.model_path[0], device)
+        report = run_folder(
+            family, net, args.input, args.output, device,
+            batch_size=args.batch_size, tta=args.tta, mag=args.mag, workers=args.workers,
+            output_format=args.format, show_progress=not args.quiet, bn_adapt=args.bn_adapt, amp=args.amp,
+        )
     log.info("%d predicted, %d already done, %d unreadable; outputs in %s",
              len(report.done), len(report.skipped), len(report.failed), args.output)
     for path, reason in report.failed:

@@ -1,11 +1,13 @@
 """Turn raw predictions from infer.py into instance maps, HoVer-Net/QuPath files and metrics.
 
 ``python process.py --input RAWDIR --output DIR [--formats mat,json,geojson,png]
-[--gt KIND:ROOT] [--workers N] [--type-info FILE]``
+[--gt KIND:ROOT] [--workers N] [--type-info FILE] [--count-crop N]``
 
 Each raw file names its family and config, so no model is needed: the family's own
-post-processing runs on it. Outputs go to ``DIR/<format>/<image>.<ext>``; with ``--gt`` the
-metrics table is printed and written to ``DIR/metrics.csv`` and ``DIR/metrics.json``.
+post-processing runs on it. Outputs go to ``DIR/<format>/<image>.<ext>``; typed results also
+give ``DIR/composition.csv`` (nuclei per type per image, in the central ``--count-crop``
+square when given); with ``--gt`` the metrics table (typed: mPQ+ and the R² of the counts
+too) is printed and written to ``DIR/metrics.csv`` and ``DIR/metrics.json``.
 Exit code 0 on success, 1 when some raw files could not be read (listed), 2 on a usage error.
 """
 
@@ -36,10 +38,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="images post-processed in parallel (default 1)")
     parser.add_argument("--type-info", default=None,
                         help="HoVer-Net type_info.json naming and colouring the types (e.g. opt/hovernet_type_info/consep.json)")
+    parser.add_argument("--count-crop", type=int, default=None, metavar="N",
+                        help="count nuclei per type in the central N x N pixels only (CoNIC: 224 of each 256 "
+                             "patch) for composition.csv and the R² of --gt; default: the whole image")
     add_logging_arguments(parser)
     args = parser.parse_args(argv)
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
+    if args.count_crop is not None and args.count_crop < 1:
+        raise UserError(f"--count-crop must be >= 1 pixel, got {args.count_crop}")
     args.formats = tuple(fmt.strip() for fmt in args.formats.split(",") if fmt.strip())
     return args
 
@@ -52,9 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     type_info = load_type_info(args.type_info) if args.type_info else None
     report = process_folder(
         args.input, args.output, formats=args.formats, gt=args.gt, workers=args.workers,
-        type_info=type_info, show_progress=not args.quiet,
+        type_info=type_info, show_progress=not args.quiet, count_crop=args.count_crop,
     )
     log.info("%d processed, %d unreadable; outputs in %s", len(report.done), len(report.failed), args.output)
+    if report.composition_file is not None:
+        log.info("wrote %s", report.composition_file)
     for path in report.metric_files:
         log.info("wrote %s", path)
     for name, reason in report.failed:

@@ -203,12 +203,49 @@ def build_train_dataset(family: Family, samples: Any, cfg: dict, cache_dir: Path
     )
 
 
-def build_loader(dataset: Any, batch_size: int, info: DistInfo, seed: int, num_workers: int, device: torch.device) -> DataLoader:
+class WeightedShardSampler(torch.utils.data.Sampler):
+    """Indices drawn with replacement in proportion to per-sample weights, this process's shard.
+
+    Every epoch draws ``ceil(n / replicas) * replicas`` indices from the same generator on every
+    process (seeded by ``seed + epoch``), and process ``rank`` takes every ``replicas``-th one
+    from ``rank``: the order depends only on (seed, epoch), as with ``DistributedSampler``.
+
+    Args:
+        weights: (n,) non-negative sampling weights of the dataset's samples, not all zero.
+    """
+
+    def __init__(self, weights: Sequence[float], num_replicas: int, rank: int, seed: int) -> None:
+        self.weights = torch.as_tensor(np.asarray(weights, np.float64))
+        if self.weights.ndim != 1 or not bool((self.weights >= 0).all()) or float(self.weights.sum()) <= 0:
+            raise UserError(f"sampling weights must be non-negative and not all zero, got shape {tuple(self.weights.shape)}")
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+        self.num_samples = -(-len(self.weights) // num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the indices of ``epoch`` next."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = torch.multinomial(self.weights, self.num_samples * self.num_replicas, replacement=True, generator=generator)
+        return iter(drawn[self.rank :: self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def build_loader(dataset: Any, batch_size: int, info: DistInfo, seed: int, num_workers: int, device: torch.device,
+                 weights: Sequence[float] | None = None) -> DataLoader:
     """A DataLoader over this process's shard; call ``loader.sampler.set_epoch`` every epoch.
 
-    The order depends only on (seed, epoch); ``batch_size`` is per process.
+    The order depends only on (seed, epoch); ``batch_size`` is per process. With ``weights``
+    (one per sample, the family's ``sample_weights``) samples are drawn in proportion to them
+    (:class:`WeightedShardSampler`), else each epoch is a shuffled pass over the dataset.
     """
-    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
+    if weights is not None:
+        sampler = WeightedShardSampler(weights, info.world_size, info.rank, seed)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -179,6 +179,7 @@ class Setup:
     train_set: Any
     val_samples: Any
     quiet: bool = False
+    sample_weights: Any = None  # (len(train_set),) sampling weights from family.sample_weights, or None
 
 
 @dataclass
@@ -211,7 +212,8 @@ def _start_phase(setup: Setup, index: int, options: StepOptions, resume: dict | 
     name = str(phase.get("name", f"phase{index}"))
     groups = setup.family.parameter_groups(setup.net, phase)
     seed = int(cfg["train"]["seed"])
-    loader = build_loader(setup.train_set, int(phase["batch_size"]), info, seed, int(cfg["data"].get("num_workers", 0)), device)
+    loader = build_loader(setup.train_set, int(phase["batch_size"]), info, seed, int(cfg["data"].get("num_workers", 0)), device,
+                          weights=setup.sample_weights)
     optimizer = build_optimizer(groups, phase.get("optimizer") or {}, name)
     steps_per_epoch = max(1, math.ceil(len(loader) / options.accumulate))
     horizon = (lambda: int(loop.planned_epochs)) if loop.planned_epochs is not None else None

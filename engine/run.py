@@ -154,6 +154,7 @@ def run(request: RunRequest) -> TrainResult | None:
         setup = Setup(
             family=family, net=net, cfg=cfg, run_dir=run_dir, device=device, info=info,
             train_set=build_train_dataset(family, train_samples, cfg, run_dir / "cache"), val_samples=val_samples, quiet=request.quiet,
+            sample_weights=family.sample_weights(train_samples),
         )
         if info.is_main:
             config_module.write_run_record(run_dir, cfg)

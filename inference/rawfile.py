@@ -4,7 +4,9 @@ Raw file layout (``.npz``; the same names as datasets/attributes of a group in `
 every map the family's ``predict`` emits, as (H, W, C) float32 (``np_prob``, ``hv``,
 ``tp_prob``, ...), plus ``family`` (str), ``config`` (the resolved config as JSON text),
 ``mag`` (int magnification the image was taken at), ``source`` (the image path) and
-``image`` ((H, W, 3) uint8, for overlays). ``find_raw`` and ``RawRef.load`` read them back.
+``image`` ((H, W, 3) uint8, for overlays); an ensemble's file also ``members`` (JSON text of
+each checkpoint's family and path, :mod:`inference.ensemble`). ``find_raw`` and
+``RawRef.load`` read them back.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import os
 import shutil
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
@@ -22,6 +24,8 @@ import numpy as np
 from misc.errors import UserError
 
 META_NAMES = ("family", "config", "mag", "source", "image")
+#: Metadata that only some raw files hold: an ensemble's members.
+MEMBERS_NAME = "members"
 
 
 H5_NAME = "raw.h5"
@@ -106,9 +110,10 @@ def meta_arrays(family: Any, image: np.ndarray, source: Path, mag: int) -> dict[
 
 def check_map_names(names: Iterable[str]) -> None:
     """Refuse map names that clash with the metadata names (:class:`UserError`)."""
-    clash = sorted(set(names) & set(META_NAMES))
+    reserved = [*META_NAMES, MEMBERS_NAME]
+    clash = sorted(set(names) & set(reserved))
     if clash:
-        raise UserError(f"the family's predict emits {clash}, names reserved for raw-file metadata {list(META_NAMES)}")
+        raise UserError(f"the family's predict emits {clash}, names reserved for raw-file metadata {reserved}")
 
 
 def complete_groups(h5file: Any) -> set[str]:
@@ -128,6 +133,7 @@ class RawPrediction:
         mag: magnification the image was taken at.
         source: the image path at inference time.
         image: (H, W, 3) uint8 RGB.
+        members: an ensemble's ``[{'family', 'checkpoint'}, ...]``; empty for one checkpoint.
     """
 
     name: str
@@ -137,6 +143,7 @@ class RawPrediction:
     mag: int
     source: str
     image: np.ndarray
+    members: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -162,7 +169,7 @@ class RawRef:
             if self.group is None:
                 with np.load(self.path, allow_pickle=False) as data:
                     arrays = {key: data[key] for key in data.files}
-                meta = {key: arrays.pop(key) for key in META_NAMES if key in arrays}
+                meta = {key: arrays.pop(key) for key in (*META_NAMES, MEMBERS_NAME) if key in arrays}
                 meta = {key: (value if key == "image" else value.item()) for key, value in meta.items()}
             else:
                 import h5py
@@ -185,6 +192,7 @@ class RawRef:
             mag=int(meta["mag"]),
             source=str(meta["source"]),
             image=np.asarray(meta["image"], np.uint8),
+            members=json.loads(str(meta[MEMBERS_NAME])) if meta.get(MEMBERS_NAME) is not None else [],
         )
 
 

@@ -225,6 +225,19 @@ class Family(ABC):
         target = self.fit_reinhard_target(images)
         return None if target is None else {"reinhard": target}
 
+    def sample_weights(self, samples: Sequence[Any]) -> np.ndarray | None:
+        """Per-sample training weights, or None (default) for a uniform shuffled pass.
+
+        Args:
+            samples: the training samples (each with ``image``, ``inst_map``, ``type_map``,
+                ... as attributes or keys), in the training dataset's order.
+
+        Returns:
+            (len(samples),) non-negative float weights: the engine then draws each epoch's
+            samples with replacement in proportion to them (e.g. class-aware resampling).
+        """
+        return None
+
     def example_input(self) -> torch.Tensor:
         """A (1, 3, S, S) float input for ``--summary``; S is ``infer.input_size``."""
         size = int(self.cfg.get("infer", {}).get("input_size", 256))

@@ -23,6 +23,7 @@ FAMILIES: dict[str, str] = {
     "histosegnet": "models.histosegnet.family:HistoSegNetFamily",
     "h2gnet": "models.h2gnet.family:H2GNetFamily",
     "chrnet": "models.chrnet.family:CHRNetFamily",
+    "unet": "models.unet.family:UNetFamily",
 }
 PLUGINS_ENV = "HISTOSEG_PLUGINS"
 

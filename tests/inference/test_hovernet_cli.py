@@ -32,4 +32,4 @@ def test_hovernet_checkpoint_through_infer_and_process(tmp_path: Path) -> None:
         assert str(raw["family"]) == "hovernet" and int(raw["mag"]) == 20
     assert process.main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"), "--quiet"]) == 0
     assert json.loads((tmp_path / "out" / "json" / "tile.json").read_text())["mag"] == 20
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["geojson", "json", "mat", "png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["composition.csv", "geojson", "json", "mat", "png"]
