@@ -4,7 +4,11 @@ Raw file layout (``.npz``; the same names as datasets/attributes of a group in `
 every map the family's ``predict`` emits, as (H, W, C) float32 (``np_prob``, ``hv``,
 ``tp_prob``, ...), plus ``family`` (str), ``config`` (the resolved config as JSON text),
 ``mag`` (int magnification the image was taken at), ``source`` (the image path) and
-``image`` ((H, W, 3) uint8, for overlays). ``find_raw`` and ``RawRef.load`` read them back.
+``image`` ((H, W, 3) uint8, for overlays). Two optional entries, written only when there is
+something to record: ``grids`` (JSON text ``{map name: {step, size, offset}}``, the image-pixel
+geometry of maps that hold one value per window, see :class:`inference.tiling.GridGeometry`)
+and ``family_state`` (JSON text of the family's fitted state, e.g. per-class thresholds).
+``find_raw`` and ``RawRef.load`` read them back.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import os
 import shutil
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
@@ -22,6 +26,7 @@ import numpy as np
 from misc.errors import UserError
 
 META_NAMES = ("family", "config", "mag", "source", "image")
+OPTIONAL_META = ("grids", "family_state")
 
 
 H5_NAME = "raw.h5"
@@ -42,6 +47,7 @@ class NpyBandWriter:
         self.height = height
         self.files: dict[str, BinaryIO] = {}
         self.paths: dict[str, Path] = {}
+        self.grids: dict[str, dict[str, float]] = {}
 
     def __call__(self, row_start: int, row_stop: int, band: dict[str, np.ndarray]) -> None:
         for name, values in band.items():
@@ -56,6 +62,12 @@ class NpyBandWriter:
                 np.lib.format.write_array_header_2_0(self.files[name], header)
             self.files[name].write(np.ascontiguousarray(values, dtype="<f4").data)
 
+    def grid(self, name: str, values: np.ndarray, geometry: Any) -> None:
+        """Write grid map ``name`` ((R, K, C) float32) whole to ``folder/<name>.npy``; keep its geometry."""
+        self.paths[name] = self.folder / f"{name}.npy"
+        np.save(self.paths[name], np.asarray(values, "<f4"))
+        self.grids[name] = geometry.as_dict()
+
     def close(self) -> None:
         """Close every open map file."""
         for handle in self.files.values():
@@ -68,12 +80,18 @@ class H5BandWriter:
     def __init__(self, group: Any, height: int) -> None:
         self.group = group
         self.height = height
+        self.grids: dict[str, dict[str, float]] = {}
 
     def __call__(self, row_start: int, row_stop: int, band: dict[str, np.ndarray]) -> None:
         for name, values in band.items():
             if name not in self.group:
                 self.group.create_dataset(name, shape=(self.height, *values.shape[1:]), dtype="f4", chunks=True)
             self.group[name][row_start:row_stop] = values
+
+    def grid(self, name: str, values: np.ndarray, geometry: Any) -> None:
+        """Write grid map ``name`` ((R, K, C) float32) as a dataset; keep its geometry."""
+        self.group.create_dataset(name, data=np.asarray(values, "f4"))
+        self.grids[name] = geometry.as_dict()
 
 
 def write_npz(handle: BinaryIO, map_files: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
@@ -93,22 +111,30 @@ def write_npz(handle: BinaryIO, map_files: dict[str, Path], arrays: dict[str, np
                 np.lib.format.write_array(dst, np.asanyarray(array), allow_pickle=False)
 
 
-def meta_arrays(family: Any, image: np.ndarray, source: Path, mag: int) -> dict[str, np.ndarray]:
-    """The metadata arrays of a raw file (:data:`META_NAMES`); ``image`` is (H, W, 3) uint8."""
-    return {
+def meta_arrays(family: Any, image: np.ndarray, source: Path, mag: int,
+                grids: dict[str, dict] | None = None) -> dict[str, np.ndarray]:
+    """The metadata arrays of a raw file (:data:`META_NAMES`, and :data:`OPTIONAL_META` when
+    there are ``grids`` or the family has a fitted ``extra_state``); ``image`` is (H, W, 3) uint8."""
+    meta = {
         "family": np.array(family.name),
         "config": np.array(json.dumps(family.cfg)),
         "mag": np.array(int(mag)),
         "source": np.array(str(source)),
         "image": image,
     }
+    if grids:
+        meta["grids"] = np.array(json.dumps(grids))
+    if getattr(family, "extra_state", None):
+        meta["family_state"] = np.array(json.dumps(family.extra_state))
+    return meta
 
 
 def check_map_names(names: Iterable[str]) -> None:
     """Refuse map names that clash with the metadata names (:class:`UserError`)."""
-    clash = sorted(set(names) & set(META_NAMES))
+    reserved = (*META_NAMES, *OPTIONAL_META)
+    clash = sorted(set(names) & set(reserved))
     if clash:
-        raise UserError(f"the family's predict emits {clash}, names reserved for raw-file metadata {list(META_NAMES)}")
+        raise UserError(f"the family's predict emits {clash}, names reserved for raw-file metadata {list(reserved)}")
 
 
 def complete_groups(h5file: Any) -> set[str]:
@@ -128,6 +154,8 @@ class RawPrediction:
         mag: magnification the image was taken at.
         source: the image path at inference time.
         image: (H, W, 3) uint8 RGB.
+        grids: ``{map name: {step, size, offset}}`` of the maps with one value per window.
+        family_state: the family's fitted state at inference (``Family.extra_state``).
     """
 
     name: str
@@ -137,6 +165,8 @@ class RawPrediction:
     mag: int
     source: str
     image: np.ndarray
+    grids: dict = field(default_factory=dict)
+    family_state: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -162,7 +192,7 @@ class RawRef:
             if self.group is None:
                 with np.load(self.path, allow_pickle=False) as data:
                     arrays = {key: data[key] for key in data.files}
-                meta = {key: arrays.pop(key) for key in META_NAMES if key in arrays}
+                meta = {key: arrays.pop(key) for key in (*META_NAMES, *OPTIONAL_META) if key in arrays}
                 meta = {key: (value if key == "image" else value.item()) for key, value in meta.items()}
             else:
                 import h5py
@@ -185,6 +215,8 @@ class RawRef:
             mag=int(meta["mag"]),
             source=str(meta["source"]),
             image=np.asarray(meta["image"], np.uint8),
+            grids=json.loads(str(meta["grids"])) if meta.get("grids") is not None else {},
+            family_state=json.loads(str(meta["family_state"])) if meta.get("family_state") is not None else {},
         )
 
 
