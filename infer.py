@@ -18,6 +18,7 @@ from typing import Sequence
 from config import add_logging_arguments, setup_logging
 from engine.distributed import resolve_device
 from inference.folder import run_folder
+from inference.predict import chain_stages
 from inference.rawfile import OUTPUT_FORMATS
 from misc.errors import UserError, cli_main
 from models.checkpoint import load_checkpoint
@@ -62,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     device = resolve_device(args.device)
-    family, net, _ = load_checkpoint(args.model_path, device)
+    family, net, meta = load_checkpoint(args.model_path, device)
+    family = chain_stages(family, meta, device)
     report = run_folder(
         family, net, args.input, args.output, device,
         batch_size=args.batch_size, tta=args.tta, mag=args.mag, workers=args.workers,

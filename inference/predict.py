@@ -312,3 +312,13 @@ class StageChain:
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """The earlier stages' named maps of ``image``."""
         return self.run(image).maps
+
+
+def chain_stages(family: Any, meta: dict, device: str | torch.device) -> Any:
+    """Wire a staged checkpoint for inference: the last stage's ``previous`` runs the earlier
+    stages (``meta['stage_models']`` from ``models.checkpoint.load_checkpoint``) in order.
+    A single-stage checkpoint's family is returned unchanged."""
+    stages = meta.get("stage_models")
+    if stages and len(stages) > 1:
+        family.previous = StageChain(list(stages[:-1]), device)
+    return family

@@ -33,6 +33,11 @@ class ProcessReport:
     table_files: list[Path] = field(default_factory=list)
 
 
+class TaskMismatch(UserError):
+    """A request the results' task cannot serve (e.g. instance formats for a semantic family):
+    the same for every image, so it stops the run instead of skipping an image."""
+
+
 @dataclass
 class ImageOutcome:
     """One processed image: its name, magnification and task, what scoring needs of its result
@@ -84,7 +89,7 @@ def process_image(
     formats = kind.default_formats if formats is None else formats
     wrong = [fmt for fmt in formats if fmt not in kind.formats]
     if wrong:
-        raise UserError(f"--formats {','.join(wrong)}: not written for {task} results of family '{raw.family}'; "
+        raise TaskMismatch(f"--formats {','.join(wrong)}: not written for {task} results of family '{raw.family}'; "
                         f"choose from {','.join(kind.formats)}")
     result = family.postprocess(raw.maps, mag=raw.mag)
     where = f"{ref.path}" + (f":{ref.group}" if ref.group else "")
@@ -129,6 +134,8 @@ def _guarded(ref: RawRef, *args: Any) -> ImageOutcome | tuple[str, UserError]:
     """:func:`process_image` returning a per-image :class:`UserError` instead of raising it."""
     try:
         return process_image(ref, *args)
+    except TaskMismatch:
+        raise
     except UserError as err:
         return ref.name, err
 

@@ -131,6 +131,9 @@ def score_semantic(gt: str, predictions: dict[str, np.ndarray], class_info: dict
         pred = predictions[name]
         if truth.shape != pred.shape:
             raise UserError(f"{source}: class map of shape {truth.shape}, the prediction of '{name}' has {pred.shape}")
+        if int(truth.max(initial=0)) > max(class_info) or int(truth.min(initial=0)) < 0:
+            raise UserError(f"{source}: holds ids {int(truth.min(initial=0))}..{int(truth.max(initial=0))} but {info_source} "
+                            f"has the class ids {sorted(class_info)}; expected a class map (is it an instance map?)")
         check_class_ids(truth, class_info, source, info_source)
         confusion = confusion_matrix(truth, pred, classes)
         pooled_confusion += confusion

@@ -31,6 +31,22 @@ def under_prefix(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
 
 
+def previous_at(previous: dict[str, np.ndarray], shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Earlier stages' maps at an image's size: each (h, w, C) map (dense, or a grid of one
+    value per window) resized with nearest neighbours to ``shape`` (H, W), one float32 (H, W)
+    array per channel, keyed ``<name>`` (C = 1) or ``<name>_<c>``."""
+    import cv2
+
+    out = {}
+    for name, values in previous.items():
+        values = np.asarray(values, np.float32)
+        if values.shape[:2] != tuple(shape):
+            values = cv2.resize(values, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).reshape(*shape, -1)
+        for c in range(values.shape[2]):
+            out[name if values.shape[2] == 1 else f"{name}_{c}"] = np.ascontiguousarray(values[..., c])
+    return out
+
+
 class Family(ABC):
     """Base class of a model family.
 
@@ -97,6 +113,17 @@ class Family(ABC):
         if labels is None:
             raise UserError(f"sample '{sample.get('name', '')}' has no image-level labels; the family scores patch labels")
         return np.asarray(labels, np.float32)
+
+    def class_truth(self, sample: dict[str, Any]) -> np.ndarray:
+        """Semantic task: the (H, W) true class map of a sample (default: its ``class_map``,
+        else its ``type_map``)."""
+        return semantic_truth(self, sample)
+
+    def previous_sample_maps(self, image: np.ndarray, previous: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Training of a later stage: the earlier stages' maps of a sample as (H, W) arrays added
+        to it before augmentation (so the geometric augmentations move them with the image).
+        Default: :func:`previous_at` (every map at the image's size, one key per channel)."""
+        return previous_at(previous, image.shape[:2])
 
     def calibrate(self, results: list[dict[str, Any]], samples: list[dict[str, Any]]) -> None:
         """Fit post-processing state on the validation images after each validation (e.g.

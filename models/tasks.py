@@ -118,7 +118,7 @@ def _write_semantic(output_dir: Path, name: str, result: dict, image: np.ndarray
 def _evaluate_semantic(family: Any, result: dict, sample: dict) -> dict[str, float]:
     from metrics.semantic import confusion_matrix, confusion_scores
 
-    truth = semantic_truth(family, sample)
+    truth = np.asarray(family.class_truth(sample))
     pred = np.asarray(result["class_map"])
     classes = int(max(truth.max(initial=0), pred.max(initial=0))) + 1
     scores = confusion_scores(confusion_matrix(truth, pred, classes))

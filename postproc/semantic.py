@@ -89,7 +89,13 @@ def colour_map(class_map: np.ndarray, class_info: TypeInfo) -> np.ndarray:
 
 
 def colour_overlay(image: np.ndarray, class_map: np.ndarray, class_info: TypeInfo, alpha: float = 0.4) -> np.ndarray:
-    """The class colours blended over ``image`` ((H, W, 3) uint8): ``(1 - alpha) image + alpha colour``."""
+    """The class colours blended over ``image`` ((H, W, 3) uint8): ``(1 - alpha) image + alpha colour``.
+    A class map of another size (e.g. one value per window) is resized to the image with nearest neighbours."""
+    class_map = np.asarray(class_map)
+    if class_map.shape != image.shape[:2]:
+        import cv2
+
+        class_map = cv2.resize(class_map.astype(np.int32), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
     blended = (1.0 - alpha) * np.asarray(image, np.float32) + alpha * colour_map(class_map, class_info).astype(np.float32)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
