@@ -7,6 +7,7 @@ import contextlib
 import csv
 import logging
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -14,11 +15,17 @@ from typing import Any, Iterable
 import numpy as np
 from tqdm import tqdm
 
+from config import last_stage_config
 from inference.folder import write_failure
 from inference.rawfile import RawRef, find_raw
-from inference.scoring import parse_gt
+from inference.scoring import parse_gt, score_patches, score_semantic
+from loader import read_dataset
+from metrics import mean_rows
+from metrics.scoring import LabelPair, print_table, score_pairs, write_results
 from misc.errors import UserError
 from misc.io import atomic_write
+from models import get_family, load_plugins
+from models.tasks import all_formats, patch_class_names, semantic_class_info, task_kind
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +83,6 @@ def process_image(
     Raises:
         UserError: formats the task does not write, class ids outside the class info.
     """
-    from config import last_stage_config
-    from models import get_family, load_plugins
-    from models.tasks import patch_class_names, semantic_class_info, task_kind
 
     load_plugins()  # families registered by $HISTOSEG_PLUGINS modules (processes start fresh)
     raw = ref.load()
@@ -206,8 +210,6 @@ def write_set_tables(output_dir: Path, outcomes: list[ImageOutcome]) -> list[Pat
 
 def score_outcomes(gt: str, outcomes: list[ImageOutcome], output_dir: Path) -> list[Path]:
     """Score the processed images against ``gt`` with their task's scorer (one task per run)."""
-    from inference.scoring import score_patches, score_semantic
-    from models.tasks import patch_class_names
 
     tasks = sorted({o.task for o in outcomes})
     if len(tasks) > 1:
@@ -259,10 +261,6 @@ def process_folder(
     Raises:
         UserError: bad arguments, or an output that cannot be written (e.g. a full disk).
     """
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from models.tasks import all_formats
-
     formats = tuple(formats) if formats is not None else None
     unknown = [fmt for fmt in formats or () if fmt not in all_formats()]
     if unknown or formats == ():

@@ -20,8 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from loader import read_dataset
+from metrics.patch import image_scores, patch_scores
+from metrics.semantic import confusion_matrix, confusion_scores
 from misc.errors import UserError
 from misc.io import IMAGE_EXTENSIONS, atomic_write, read_label
+from postproc.semantic import check_class_ids
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +90,6 @@ def semantic_truths(gt: str, names: list[str]) -> dict[str, tuple[np.ndarray, st
             if name in files:
                 truths[name] = (np.asarray(read_label(files[name]), np.int64), str(files[name]))
         return truths
-    from loader import read_dataset
-
     kind, root = parse_gt(gt)
     for sample in read_dataset(kind, root):
         if sample.name not in names:
@@ -113,9 +115,6 @@ def score_semantic(gt: str, predictions: dict[str, np.ndarray], class_info: dict
         UserError: a true map of another shape or with ids outside ``class_info`` (e.g. an
             instance map), or nothing paired.
     """
-    from metrics.semantic import confusion_matrix, confusion_scores
-    from postproc.semantic import check_class_ids
-
     truths = semantic_truths(gt, sorted(predictions))
     if not truths:
         raise UserError(f"--gt {gt}: no ground truth matches a processed image (e.g. '{next(iter(predictions))}')")
@@ -188,8 +187,6 @@ def score_patches(gt: str, predictions: dict[str, tuple[np.ndarray, np.ndarray]]
     Args:
         predictions: image name → ((C,) probabilities, (C,) 0/1 labels).
     """
-    from metrics.patch import image_scores, patch_scores
-
     truths = read_patch_labels(gt, class_names)
     names = sorted(set(truths) & set(predictions))
     if not names:

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -35,7 +36,6 @@ def previous_at(previous: dict[str, np.ndarray], shape: tuple[int, int]) -> dict
     """Earlier stages' maps at an image's size: each (h, w, C) map (dense, or a grid of one
     value per window) resized with nearest neighbours to ``shape`` (H, W), one float32 (H, W)
     array per channel, keyed ``<name>`` (C = 1) or ``<name>_<c>``."""
-    import cv2
 
     out = {}
     for name, values in previous.items():
