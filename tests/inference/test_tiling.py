@@ -211,3 +211,27 @@ def test_grid_map_into_a_dense_only_sink_is_user_error() -> None:
 
     with pytest.raises(UserError, match="per-window vectors"):
         predict_tiled(np.zeros((8, 8, 3), np.uint8), _window_means, TileSpec(8, 8), dense_only)
+
+
+def test_needs_grad_family_gets_gradients_in_predict() -> None:
+    import torch
+
+    from inference.predict import infer_image
+    from tests.inference.toy_family import toy_family
+
+    class GradFamily(type(toy_family()[0])):
+        needs_grad = True
+
+        def predict(self, net, images):
+            images = images.detach().requires_grad_(True)
+            score = net(images)[:, :1].sum()
+            (grad,) = torch.autograd.grad(score, images)
+            return {"grad": grad[:, :1].abs()}
+
+    family, net = toy_family(input_size=16, output_size=16)
+    grad_family = GradFamily(family.cfg)
+    maps = infer_image(grad_family, net, np.full((20, 20, 3), 100, np.uint8), "cpu")
+    np.testing.assert_allclose(maps["grad"], 1 / 765, rtol=1e-5)  # d p / d r of p = 1 - mean / 255
+    GradFamily.needs_grad = False
+    with pytest.raises(RuntimeError):
+        infer_image(grad_family, net, np.full((20, 20, 3), 100, np.uint8), "cpu")
