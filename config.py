@@ -133,6 +133,50 @@ def merge(base: dict, update: dict, source: str, prefix: str = "") -> dict:
     return result
 
 
+def stage_names(cfg: dict) -> list[str]:
+    """The stages of a staged family's config, in training and inference order (the keys of
+    its ``stages`` mapping); empty for a single-stage family."""
+    stages = cfg.get("stages") or {}
+    if not isinstance(stages, dict):
+        raise UserError(f"config: 'stages' must be a mapping of stage name -> settings, got {_type_name(stages)}")
+    return [str(name) for name in stages]
+
+
+def _overlay(base: Any, update: Any) -> Any:
+    """``base`` with ``update`` laid over it: mappings key by key, anything else replaced."""
+    if not (isinstance(base, dict) and isinstance(update, dict)):
+        return copy.deepcopy(update)
+    result = copy.deepcopy(base)
+    for key, value in update.items():
+        result[key] = _overlay(base.get(key), value)
+    return result
+
+
+def stage_config(cfg: dict, name: str) -> dict:
+    """The config of stage ``name`` of a staged family: the shared sections with the stage's
+    own (``stages.<name>.model``, ``.data``, ``.train``, ``.infer``, ``.postproc``, ...) laid
+    over them key by key (lists such as ``train.phases`` replaced), without ``stages`` and with
+    ``stage: <name>``. A stage's network, data source, patch size, phases and inference window
+    are all its own this way.
+
+    Raises:
+        UserError: ``name`` is not a stage (names the stages there are).
+    """
+    names = stage_names(cfg)
+    if name not in names:
+        raise UserError(f"stage '{name}' is not one of the stages of '{cfg.get('family')}': {names}")
+    base = {key: value for key, value in cfg.items() if key != "stages"}
+    result = _overlay(base, cfg["stages"][name] or {})
+    result["stage"] = name
+    return result
+
+
+def last_stage_config(cfg: dict) -> dict:
+    """The config of a staged family's last stage (what post-processes its results), else ``cfg``."""
+    names = stage_names(cfg)
+    return stage_config(cfg, names[-1]) if names else cfg
+
+
 def _merge_items(default: list, update: dict, source: str, dotted: str) -> list:
     """``default`` with the items at ``update``'s integer indices merged (see :func:`merge`)."""
     items = copy.deepcopy(default)

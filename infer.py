@@ -29,6 +29,7 @@ from config import add_logging_arguments, setup_logging
 from engine.distributed import resolve_device
 from inference.ensemble import Member, run_ensemble_folder
 from inference.folder import run_folder
+from inference.predict import chain_stages
 from inference.rawfile import OUTPUT_FORMATS
 from misc.errors import UserError, cli_main
 from misc.io import IMAGE_EXTENSIONS
@@ -141,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size, tta=args.tta, mag=args.mag, bn_adapt=args.bn_adapt, amp=args.amp,
         )
     else:
-        family, net, _ = load_checkpoint(args.model_path[0], device)
+        family, net, meta = load_checkpoint(args.model_path[0], device)
+        family = chain_stages(family, meta, device)
         report = run_folder(
             family, net, args.input, args.output, device,
             batch_size=args.batch_size, tta=args.tta, mag=args.mag, workers=args.workers,

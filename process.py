@@ -1,13 +1,16 @@
-"""Turn raw predictions from infer.py into instance maps, HoVer-Net/QuPath files and metrics.
+"""Turn raw predictions from infer.py into results, their files (by task) and metrics.
 
-``python process.py --input RAWDIR --output DIR [--formats mat,json,geojson,png]
-[--gt KIND:ROOT] [--workers N] [--type-info FILE] [--count-crop N]``
+``python process.py --input RAWDIR --output DIR [--formats F1,F2] [--gt GT] [--workers N]
+[--type-info FILE] [--mpp UM] [--count-crop N]``
 
 Each raw file names its family and config, so no model is needed: the family's own
-post-processing runs on it. Outputs go to ``DIR/<format>/<image>.<ext>``; typed results also
-give ``DIR/composition.csv`` (nuclei per type per image, in the central ``--count-crop``
-square when given); with ``--gt`` the metrics table (typed: mPQ+ and the R² of the counts
-too) is printed and written to ``DIR/metrics.csv`` and ``DIR/metrics.json``.
+post-processing runs on it and its task decides the outputs (docs/tasks.md): instance results
+as ``mat,json,geojson,png`` (and ``tif``), semantic ones as ``label,overlay,geojson,areas``,
+patch ones as ``csv``. Per-image files go to ``DIR/<format>/<image>.<ext>``, tables to
+``DIR/areas.csv`` / ``DIR/predictions.csv``; typed instance results also give
+``DIR/composition.csv`` (nuclei per type per image, in the central ``--count-crop`` square when
+given); with ``--gt`` the metrics (typed: mPQ+ and the R² of the counts too) are printed and
+written to ``DIR/metrics.csv`` and ``DIR/metrics.json``.
 Exit code 0 on success, 1 when some raw files could not be read (listed), 2 on a usage error.
 """
 
@@ -21,7 +24,8 @@ from typing import Sequence
 from config import add_logging_arguments, setup_logging
 from misc.errors import UserError, cli_main
 from inference.processing import process_folder
-from postproc.formats import DEFAULT_FORMATS, FORMATS, load_type_info
+from models.tasks import TASK_KINDS
+from postproc.formats import load_type_info
 
 log = logging.getLogger("process")
 
@@ -31,13 +35,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python process.py", description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help="folder of .npz / raw.h5 written by infer.py (or one file)")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
-                        help=f"comma-separated subset of {','.join(FORMATS)} (default {','.join(DEFAULT_FORMATS)}; tif = 16-bit label map)")
-    parser.add_argument("--gt", default=None, metavar="KIND:ROOT",
-                        help="score against a dataset read by loader.read_dataset, e.g. monuseg:/data/monuseg")
+    parser.add_argument("--formats", default=None,
+                        help="comma-separated formats of the results' task: instance "
+                             f"{','.join(TASK_KINDS['instance'].formats)} (tif = 16-bit label map), semantic "
+                             f"{','.join(TASK_KINDS['semantic'].formats)}, patch {','.join(TASK_KINDS['patch'].formats)} "
+                             "(default: all but tif)")
+    parser.add_argument("--gt", default=None, metavar="GT",
+                        help="score against: KIND:ROOT, a dataset read by loader.read_dataset (instance, semantic); "
+                             "a folder of class-map images (semantic); a CSV of image labels (patch)")
+    parser.add_argument("--mpp", type=float, default=None,
+                        help="pixel size in micrometres for areas in mm2 (default infer.mpp of the raw files' config)")
     parser.add_argument("--workers", type=int, default=1, help="images post-processed in parallel (default 1)")
     parser.add_argument("--type-info", default=None,
-                        help="HoVer-Net type_info.json naming and colouring the types (e.g. opt/hovernet_type_info/consep.json)")
+                        help="class-info file in the type_info.json layout naming and colouring the types or classes "
+                             "(e.g. opt/hovernet_type_info/consep.json; default: the family's)")
     parser.add_argument("--count-crop", type=int, default=None, metavar="N",
                         help="count nuclei per type in the central N x N pixels only (CoNIC: 224 of each 256 "
                              "patch) for composition.csv and the R² of --gt; default: the whole image")
@@ -47,7 +58,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     if args.count_crop is not None and args.count_crop < 1:
         raise UserError(f"--count-crop must be >= 1 pixel, got {args.count_crop}")
-    args.formats = tuple(fmt.strip() for fmt in args.formats.split(",") if fmt.strip())
+    if args.formats is not None:
+        args.formats = tuple(fmt.strip() for fmt in args.formats.split(",") if fmt.strip())
+    if args.mpp is not None and args.mpp <= 0:
+        raise UserError(f"--mpp must be a positive pixel size in micrometres, got {args.mpp}")
     return args
 
 
@@ -59,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     type_info = load_type_info(args.type_info) if args.type_info else None
     report = process_folder(
         args.input, args.output, formats=args.formats, gt=args.gt, workers=args.workers,
-        type_info=type_info, show_progress=not args.quiet, count_crop=args.count_crop,
+        type_info=type_info, show_progress=not args.quiet, count_crop=args.count_crop, mpp=args.mpp,
     )
     log.info("%d processed, %d unreadable; outputs in %s", len(report.done), len(report.failed), args.output)
     if report.composition_file is not None:

@@ -3,6 +3,7 @@
     python train.py --model hovernet --data synthetic --profile demo
     python train.py --model hovernet --data consep_mat:/data/consep --out runs/consep
     python train.py --model hovernet --out runs/consep --resume
+    python train.py --model h2gnet --data synthetic --out runs/h2g --stage refine
     python train.py --model fullnet --data monuseg:/data/monuseg --anchor /data/anchor.tif
     torchrun --nproc_per_node 2 train.py --model hovernet --data consep_mat:/data/consep
 
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="colour-normalisation anchor image whose statistics become the target (families with "
         "model.reinhard_anchor: hovernet, fullnet; same as --set model.reinhard_anchor=IMAGE)",
     )
-    parser.add_argument("--summary", action="store_true", help="print the network's layer table and exit")
+    parser.add_argument("--stage", default=None, metavar="NAME",
+                        help="staged families: train only stage NAME (earlier stages must be trained; default: all in order)")
+    parser.add_argument("--summary", action="store_true", help="print the network's layer table (each stage's) and exit")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks CUDA when present")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     run(RunRequest(
         model=args.model, data=args.data, profile=args.profile, config=args.config, overrides=overrides,
         out=args.out, resume=args.resume, summary=args.summary, device=args.device, num_threads=args.num_threads,
-        quiet=args.quiet, verbose=args.verbose, plugins=args.plugins,
+        quiet=args.quiet, verbose=args.verbose, plugins=args.plugins, stage=args.stage,
     ))
     return 0
 

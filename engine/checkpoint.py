@@ -14,6 +14,7 @@ A checkpoint is a plain dict that ``torch.load(path, weights_only=True)`` can re
     config       the resolved configuration (plain dicts/lists/scalars)
     family       the family's registry name (str)
     norm_stats   {'mean': [...], 'std': [...]} per channel, or None
+    family_state the family's fitted state (``Family.extra_state``: JSON values), {} when none
     best_metric  best validation score so far (float or None)
     planned_epochs  epochs a time-budgeted run (train.time_budget_s) plans, or None
     train_seconds   wall seconds of the completed epochs, over resumes (float)
@@ -93,3 +94,22 @@ def check_compatible(checkpoint: dict, family: str, cfg: dict, path: str | os.Pa
     if differing:
         details = ", ".join(f"model.{key}={saved.get(key)!r} (this run: {wanted.get(key)!r})" for key in differing)
         raise UserError(f"{path}: checkpoint was trained with {details}; resume with the same model settings")
+
+
+def stages_checkpoint(family: str, config: dict, stages: dict[str, dict]) -> dict:
+    """One checkpoint holding every stage of a staged family::
+
+        family   the family's registry name
+        config   the whole resolved config (with its ``stages`` section)
+        model    {} (the weights are the stages')
+        stages   {stage name: {model, config (the stage's), norm_stats, family_state, epoch,
+                 step, best_metric}} in stage order
+
+    ``models.checkpoint.load_checkpoint`` reads it (the last stage, the others in its meta).
+
+    Args:
+        stages: stage name → that stage's training checkpoint (optimiser entries are dropped).
+    """
+    keep = ("model", "config", "norm_stats", "family_state", "epoch", "step", "best_metric")
+    return {"family": family, "config": config, "model": {},
+            "stages": {name: {key: entry.get(key) for key in keep} for name, entry in stages.items()}}

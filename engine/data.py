@@ -179,12 +179,48 @@ class ImageView(Sequence):
         return sample_dict(self.samples[index], (IMAGE,))[IMAGE]
 
 
+class WithPrevious:
+    """A later stage's target builder: adds the earlier stages' maps of each (un-augmented)
+    sample, ``family.previous_sample_maps(image, family.previous(image))``, before the
+    augmentations move them with the image; then the family's own builder runs.
+
+    The maps of an image are computed once per process (keyed by its pixels). With the
+    builder's ``cache_key`` they are cached on disk under the run's ``cache/`` like any
+    ``precompute`` output.
+    """
+
+    def __init__(self, builder: Any, family: Family) -> None:
+        self.builder = builder
+        self.family = family
+        self._inner = getattr(builder, "precompute", None)
+        self._memo: dict[str, dict[str, np.ndarray]] = {}
+        key = getattr(builder, "cache_key", None)
+        if key is not None:
+            self.cache_key = f"{key}+previous"
+
+    def precompute(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The builder's own ``precompute`` maps (if any) and the earlier stages' (H, W) maps."""
+        import hashlib
+
+        image = np.ascontiguousarray(arrays["image"])
+        digest = hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
+        if digest not in self._memo:
+            self._memo[digest] = self.family.previous_sample_maps(image, self.family.previous(image))
+        maps = dict(self._inner(arrays)) if self._inner is not None else {}
+        maps.update(self._memo[digest])
+        return maps
+
+    def __call__(self, sample: dict) -> dict[str, np.ndarray]:
+        return self.builder(sample)
+
+
 def build_train_dataset(family: Family, samples: Any, cfg: dict, cache_dir: Path | None = None) -> Any:
     """The training dataset: a random ``data.patch_size`` crop of each sample, then the
     ``data.augment`` pipeline (preset name or op list), then the family's target builder.
 
     A target builder with a ``cache_key`` (expensive per-sample maps such as weight maps)
-    gets its pre-augmentation maps cached under ``cache_dir``."""
+    gets its pre-augmentation maps cached under ``cache_dir``. A later stage of a staged family
+    (``family.previous`` set) gets the earlier stages' maps in its samples (:class:`WithPrevious`)."""
     spec = cfg["data"].get("augment")
     ops = list(load_augment_preset(spec) if isinstance(spec, str) else spec or [])
     patch = cfg["data"].get("patch_size")
@@ -192,6 +228,8 @@ def build_train_dataset(family: Family, samples: Any, cfg: dict, cache_dir: Path
         ops.insert(0, {"op": "crop", "size": [int(patch), int(patch)], "position": "random"})
     size = int(cfg["infer"]["input_size"])
     builder = family.target_builder()
+    if getattr(family, "previous", None) is not None:
+        builder = WithPrevious(builder, family)
     cached = cache_dir is not None and getattr(builder, "cache_key", None) is not None
     return SampleDataset(
         samples,

@@ -43,6 +43,7 @@ from misc.errors import UserError
 from misc.precision import autocast_dtype, channels_last_allowed
 from models.base import Family
 from models.checkpoint import load_state
+from models.tasks import task_kind
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,7 @@ def _checkpoint(setup: Setup, loop: Loop, state: PhaseState) -> dict:
         "config": setup.cfg,
         "family": setup.cfg["family"],
         "norm_stats": setup.family.norm_stats,
+        "family_state": setup.family.extra_state,
         "best_metric": loop.best_metric,
         "planned_epochs": loop.planned_epochs,
         "train_seconds": loop.seconds,
@@ -357,7 +359,7 @@ def train(setup: Setup, resume: dict | None = None) -> TrainResult:
     )
     if options.channels_last:
         net.to(memory_format=torch.channels_last)
-    select = str(train_cfg.get("select_metric", "pq"))
+    select = str(train_cfg.get("select_metric") or task_kind(setup.family.task_for("train")).select_metric)
     val_every = max(1, int(train_cfg.get("val_every", 1)))
 
     loop = Loop()

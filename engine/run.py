@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 import config as config_module
 from engine import checkpoint as ckpt
@@ -18,9 +19,11 @@ from engine import distributed
 from engine.data import ImageView, build_splits, build_train_dataset
 from engine.loop import Setup, TrainResult, train
 from engine.summary import network_summary
+from inference.predict import StageChain
 from misc.errors import UserError
+from misc.io import atomic_write
 from models import defaults_path, get_family, load_plugins
-from models.checkpoint import read_checkpoint
+from models.checkpoint import load_checkpoint, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class RunRequest:
     quiet: bool = False
     verbose: bool = False
     plugins: list[str] = field(default_factory=list)
+    stage: str | None = None
 
 
 def check_train_config(cfg: dict, source: str) -> None:
@@ -112,48 +116,81 @@ def seed_everything(seed: int) -> None:
 def run(request: RunRequest) -> TrainResult | None:
     """Resolve the config, build family, network and data, and train (or print ``--summary``).
 
+    A staged family (a ``stages`` section, see :func:`run_stages`) trains its stages in order,
+    or the one ``request.stage`` names.
+
     Returns:
-        The :class:`TrainResult`, or None for ``--summary``.
+        The :class:`TrainResult` (of the last stage trained), or None for ``--summary``.
 
     Raises:
         UserError: unknown family/profile/data kind, bad config, incompatible or unreadable
             ``--resume`` checkpoint, empty dataset, NaN/inf loss.
     """
     load_plugins(request.plugins)
-    family_cls = get_family(request.model)
-    checkpoint_path = resume_path(request)
-    resume = read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
-    cfg = resolve_config(request, resume, defaults_path(request.model))
-    if resume is not None:
-        ckpt.check_compatible(resume, request.model, cfg, checkpoint_path)
-    check_train_config(cfg, f"config of '{request.model}'")
+    get_family(request.model)
     if request.num_threads:
         torch.set_num_threads(int(request.num_threads))
+    defaults = defaults_path(request.model)
+    fresh = config_module.load_config(request.model, request.profile, request.config, request.overrides, defaults)
+    if config_module.stage_names(fresh):
+        return run_stages(request, fresh)
+    if request.stage is not None:
+        raise UserError(f"--stage {request.stage}: family '{request.model}' has no stages")
+    checkpoint_path = resume_path(request)
+    resume = read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+    cfg = resolve_config(request, resume, defaults)
+    if request.out is not None:
+        run_dir = Path(request.out)
+    elif checkpoint_path is not None:
+        run_dir = checkpoint_path.resolve().parent.parent
+    else:
+        run_dir = default_run_dir(request.model)
+    if request.summary:
+        print(_summary(request.model, cfg, request.device))
+        return None
+    if resume is not None:
+        ckpt.check_compatible(resume, request.model, cfg, checkpoint_path)
+    return train_one(request, cfg, run_dir, resume)
 
+
+def _summary(model: str, cfg: dict, device_name: str) -> str:
+    """The layer table of the network ``cfg`` builds."""
+    device = distributed.resolve_device(device_name, distributed.local_rank_from_env())
+    seed_everything(int(cfg["train"]["seed"]))
+    family = get_family(model)(cfg)
+    net = family.build_network().to(device)
+    return network_summary(net, family.example_input().to(device))
+
+
+def train_one(request: RunRequest, cfg: dict, run_dir: Path, resume: dict | None,
+              previous: StageChain | None = None) -> TrainResult:
+    """Train one network (a single-stage family, or one stage) into ``run_dir``.
+
+    Args:
+        cfg: the resolved config (a stage's: ``config.stage_config``).
+        resume: the checkpoint to continue, already checked, or None.
+        previous: the earlier stages of a staged family, run on whole images (their maps
+            reach the stage's samples through ``Family.previous_sample_maps`` and its
+            inference through ``Family.stage_input``).
+    """
+    check_train_config(cfg, f"config of '{request.model}'" + (f", stage '{cfg['stage']}'" if cfg.get("stage") else ""))
     device = distributed.resolve_device(request.device, distributed.local_rank_from_env())
     seed_everything(int(cfg["train"]["seed"]))
-    family = family_cls(cfg)
+    family = get_family(request.model)(cfg)
+    family.previous = previous
     net = family.build_network().to(device)
-    if request.summary:
-        print(network_summary(net, family.example_input().to(device)))
-        return None
-
     info = distributed.init_distributed(device)
     try:
-        if request.out is not None:
-            run_dir = Path(request.out)
-        elif checkpoint_path is not None:
-            run_dir = checkpoint_path.resolve().parent.parent
-        else:
-            run_dir = default_run_dir(request.model)
         if resume is None and (run_dir / "checkpoints" / "latest.pt").is_file():
             raise UserError(f"{run_dir} already holds a run (checkpoints/latest.pt); pass --resume to continue it or another --out")
         config_module.setup_logging(run_dir if info.is_main else None, request.quiet or not info.is_main, request.verbose)
         train_samples, val_samples = build_splits(cfg["data"], int(cfg["train"]["seed"]))
         family.norm_stats = resume.get("norm_stats") if resume is not None else family.fit_norm_stats(ImageView(train_samples))
+        family.extra_state = dict(resume.get("family_state") or {}) if resume is not None else {}
+        train_set = build_train_dataset(family, train_samples, cfg, run_dir / "cache")
         setup = Setup(
             family=family, net=net, cfg=cfg, run_dir=run_dir, device=device, info=info,
-            train_set=build_train_dataset(family, train_samples, cfg, run_dir / "cache"), val_samples=val_samples, quiet=request.quiet,
+            train_set=train_set, val_samples=val_samples, quiet=request.quiet,
             sample_weights=family.sample_weights(train_samples),
         )
         if info.is_main:
@@ -161,9 +198,109 @@ def run(request: RunRequest) -> TrainResult | None:
             if not len(val_samples):
                 log.warning("no validation samples (see data.val_source / data.val_fraction): only latest.pt is written")
             log.info(
-                "training %s (profile %s) on %s: %d training / %d validation samples, run folder %s",
-                request.model, cfg.get("profile"), device, len(train_samples), len(val_samples), run_dir,
+                "training %s%s (profile %s) on %s: %d training / %d validation samples, run folder %s",
+                request.model, f" stage '{cfg['stage']}'" if cfg.get("stage") else "", cfg.get("profile"), device,
+                len(train_samples), len(val_samples), run_dir,
             )
         return train(setup, resume)
     finally:
         distributed.shutdown()
+
+
+STAGES_RECORD = "stages.yaml"
+
+
+def _pipeline_config(request: RunRequest, fresh: dict, out: Path) -> dict:
+    """The whole config of a staged run: the one its folder records (``stages.yaml``) when
+    resuming without ``--profile`` (``--config``/``--set`` laid over it), else ``fresh``."""
+    record = out / STAGES_RECORD
+    if not request.resume or request.profile is not None or not record.is_file():
+        return fresh
+    cfg = config_module.read_yaml(record)
+    if request.config is not None:
+        cfg = config_module.merge(cfg, config_module.read_yaml(request.config) or {}, str(request.config))
+    for text in request.overrides:
+        cfg = config_module.merge(cfg, config_module.parse_override(text), f"--set {text}")
+    return cfg
+
+
+def stage_checkpoint(out: Path, name: str) -> Path | None:
+    """A trained stage's checkpoint: ``<out>/stages/<name>/checkpoints/best.pt``, else ``latest.pt``, else None."""
+    folder = out / "stages" / name / "checkpoints"
+    for file_name in ("best.pt", "latest.pt"):
+        if (folder / file_name).is_file():
+            return folder / file_name
+    return None
+
+
+def _earlier_stages(request: RunRequest, out: Path, names: list[str], name: str) -> StageChain | None:
+    """The trained stages before ``name`` as a :class:`StageChain` (None for the first stage).
+
+    Raises:
+        UserError: an earlier stage has no checkpoint yet (names the command that trains it).
+    """
+    earlier = names[: names.index(name)]
+    if not earlier:
+        return None
+    device = distributed.resolve_device(request.device, distributed.local_rank_from_env())
+    stages = []
+    for before in earlier:
+        path = stage_checkpoint(out, before)
+        if path is None:
+            raise UserError(
+                f"stage '{name}' reads the outputs of stage '{before}', which has no checkpoint in {out}; train it "
+                f"first: python train.py --model {request.model} --out {out} --stage {before}"
+            )
+        family, net, _ = load_checkpoint(path, device)
+        stages.append((family, net))
+    return StageChain(stages, device)
+
+
+def run_stages(request: RunRequest, fresh: dict) -> TrainResult | None:
+    """Train a staged family: every stage in order, or ``request.stage`` alone.
+
+    Stage ``NAME`` trains as a run of its own in ``<out>/stages/NAME/`` (checkpoints,
+    ``metrics.csv``, ``run.yaml``) with the config :func:`config.stage_config` gives; a later
+    stage reads the earlier stages' checkpoints. ``--resume`` continues each stage from its
+    ``latest.pt`` (a finished stage has nothing to do; a stage never started starts).
+    When every stage has a checkpoint, ``<out>/checkpoints/best.pt`` holds them all
+    (:func:`engine.checkpoint.stages_checkpoint`), which ``infer.py`` takes.
+    """
+    if isinstance(request.resume, str):
+        raise UserError("a staged run resumes from its folder: --out RUN_DIR --resume [--stage NAME], not a checkpoint path")
+    if request.resume and request.out is None:
+        raise UserError("--resume of a staged run needs --out RUN_DIR")
+    out = Path(request.out) if request.out is not None else default_run_dir(request.model)
+    cfg = _pipeline_config(request, fresh, out)
+    names = config_module.stage_names(cfg)
+    if request.stage is not None and request.stage not in names:
+        raise UserError(f"--stage {request.stage}: family '{request.model}' has the stages {names}")
+    selected = names if request.stage is None else [request.stage]
+    if request.summary:
+        print("\n".join(f"stage {name}\n{_summary(request.model, config_module.stage_config(cfg, name), request.device)}"
+                        for name in names))
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / STAGES_RECORD).is_file() or not request.resume:
+        with atomic_write(out / STAGES_RECORD, "w") as handle:
+            yaml.safe_dump(cfg, handle, sort_keys=False)
+    result = None
+    for name in selected:
+        stage_dir = out / "stages" / name
+        latest = stage_dir / "checkpoints" / "latest.pt"
+        resume = read_checkpoint(latest) if request.resume and latest.is_file() else None
+        stage_cfg = config_module.stage_config(cfg, name)
+        if resume is not None:
+            ckpt.check_compatible(resume, request.model, stage_cfg, latest)
+        result = train_one(request, stage_cfg, stage_dir, resume, _earlier_stages(request, out, names, name))
+    _write_stages_checkpoint(request.model, cfg, out, names)
+    return result
+
+
+def _write_stages_checkpoint(model: str, cfg: dict, out: Path, names: list[str]) -> Path | None:
+    """``<out>/checkpoints/best.pt`` of every stage, once each has a checkpoint (else None)."""
+    paths = {name: stage_checkpoint(out, name) for name in names}
+    if any(path is None for path in paths.values()):
+        return None
+    stages = {name: read_checkpoint(path) for name, path in paths.items()}
+    return ckpt.save_checkpoint(out / "checkpoints" / "best.pt", ckpt.stages_checkpoint(model, cfg, stages))

@@ -23,7 +23,9 @@ def validate(
 ) -> tuple[dict[str, float], list[np.ndarray]]:
     """Score whole validation images with the tiled inference and post-processing of
     ``infer.py``/``process.py`` (``inference.predict.infer_image``, ``family.postprocess`` at
-    ``infer.mag``), then ``family.evaluate``.
+    ``infer.mag``), then ``family.evaluate`` (the scores of the family's training task). A
+    family that overrides ``calibrate`` gets every result and truth afterwards (e.g. to fit
+    decision thresholds for the next validation and the checkpoint).
 
     Returns:
         The mean of every score over images (NaN scores skipped) and up to
@@ -31,13 +33,20 @@ def validate(
     """
     rows: list[dict[str, float]] = []
     overlays: list[np.ndarray] = []
+    calibrates = type(family).calibrate is not Family.calibrate
+    kept: tuple[list, list] = ([], [])
     for sample in samples:
         truth = sample_dict(sample, sample_keys(family.sample_keys))
         raw = infer_image(family, net, truth["image"], device, amp_dtype=amp_dtype)
         result = family.postprocess(raw, mag=cfg["infer"].get("mag"))
         rows.append(family.evaluate(result, truth))
+        if calibrates:
+            kept[0].append(result)
+            kept[1].append(truth)
         if len(overlays) < OVERLAY_IMAGES:
             picture = family.overlay(truth["image"], result)
             if picture is not None:
                 overlays.append(picture)
+    if calibrates:
+        family.calibrate(*kept)
     return {key: entry["mean"] for key, entry in mean_rows(rows).items()}, overlays

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import glob
+import json
 import logging
 import os
 import shutil
@@ -21,12 +22,13 @@ from torch import nn
 from tqdm import tqdm
 
 from inference.predict import (
-    eval_mode, adapted_to_image, check_adapt_weight, family_predictor, inference_precision, with_infer_overrides,
+    eval_mode, adapted_to_image, check_adapt_weight, family_predictor, inference_precision, stage_image,
+    with_infer_overrides,
 )
 from inference.rawfile import (
     H5_NAME, OUTPUT_FORMATS, H5BandWriter, NpyBandWriter, check_map_names, complete_groups, meta_arrays, write_npz,
 )
-from inference.tiling import Predictor, TileSpec, predict_tiled, window_count
+from inference.tiling import ArraySink, Predictor, TileSpec, predict_tiled, window_count
 from misc.errors import UserError
 from misc.io import IMAGE_EXTENSIONS, atomic_write, read_image
 
@@ -106,8 +108,19 @@ def _remove_leftovers(output_dir: Path, stem: str) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def _store_previous(writer: Any, previous: ArraySink | None) -> None:
+    """Hand the earlier stages' maps of a staged family to ``writer`` (dense maps as one band)."""
+    if previous is None:
+        return
+    dense = {name: values for name, values in previous.maps.items() if name not in previous.grids}
+    if dense:
+        writer(0, previous.height, dense)
+    for name, geometry in previous.grids.items():
+        writer.grid(name, previous.maps[name], geometry)
+
+
 def _infer_npz(predict: Predictor, image: np.ndarray, spec: TileSpec, batch_size: int, out_path: Path,
-               meta: dict[str, np.ndarray]) -> None:
+               meta: dict[str, np.ndarray], previous: ArraySink | None = None) -> None:
     """Predict ``image`` into band files in a buffer folder beside ``out_path``, then pack the ``.npz`` atomically."""
     _remove_leftovers(out_path.parent, out_path.stem)
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.stem}.buffer-") as tmp:
@@ -116,19 +129,38 @@ def _infer_npz(predict: Predictor, image: np.ndarray, spec: TileSpec, batch_size
             predict_tiled(image, predict, spec, writer, batch_size=batch_size)
         finally:
             writer.close()
+        earlier = NpyBandWriter(Path(tmp), meta["image"].shape[0])
+        try:
+            _store_previous(earlier, previous)
+        finally:
+            earlier.close()
+        clash = sorted(set(earlier.paths) & set(writer.paths))
+        if clash:
+            raise UserError(f"stages of family '{meta['family'].item()}' emit the same map names {clash}; "
+                            "each stage must name its maps differently")
+        writer.paths.update(earlier.paths)
+        writer.grids.update(earlier.grids)
         check_map_names(writer.paths)
+        if writer.grids:
+            meta["grids"] = np.array(json.dumps(writer.grids))
         with atomic_write(out_path, "wb") as handle:
             write_npz(handle, writer.paths, meta)
 
 
 def _infer_h5(predict: Predictor, image: np.ndarray, spec: TileSpec, batch_size: int, h5file: Any, name: str,
-              meta: dict[str, np.ndarray]) -> None:
+              meta: dict[str, np.ndarray], previous: ArraySink | None = None) -> None:
     """Predict ``image`` into group ``name`` of ``h5file``; the group is marked complete last."""
     if name in h5file:
         del h5file[name]
     group = h5file.create_group(name)
-    predict_tiled(image, predict, spec, H5BandWriter(group, image.shape[0]), batch_size=batch_size)
+    writer = H5BandWriter(group, image.shape[0])
+    predict_tiled(image, predict, spec, writer, batch_size=batch_size)
+    earlier = H5BandWriter(group, meta["image"].shape[0])
+    _store_previous(earlier, previous)
+    writer.grids.update(earlier.grids)
     check_map_names(key for key in group)
+    if writer.grids:
+        meta["grids"] = np.array(json.dumps(writer.grids))
     group.create_dataset("image", data=meta.pop("image"))
     for key, value in meta.items():
         group.attrs[key] = value.item()
@@ -208,13 +240,13 @@ def run_folder(
             bar.set_postfix_str(f"{path.name}: {window_count(image.shape[:2], spec)} windows")
             meta = meta_arrays(family, image, path, infer_cfg.get("mag", 40))
             target = output_dir / (H5_NAME if output_format == "h5" else f"{path.stem}.npz")
-            image = family.preprocess_image(image)
+            image, previous = stage_image(family, image)
             try:
                 with adapted_to_image(family, net, image, spec, device, infer_cfg["batch_size"], amp_dtype):
                     if output_format == "h5":
-                        _infer_h5(predict, image, spec, infer_cfg["batch_size"], h5file, path.stem, meta)
+                        _infer_h5(predict, image, spec, infer_cfg["batch_size"], h5file, path.stem, meta, previous)
                     else:
-                        _infer_npz(predict, image, spec, infer_cfg["batch_size"], target, meta)
+                        _infer_npz(predict, image, spec, infer_cfg["batch_size"], target, meta, previous)
             except OSError as err:
                 raise write_failure(target, err) from None
             report.done.append(path)

@@ -106,12 +106,28 @@ def with_infer_overrides(family: Any, **overrides: Any) -> Any:
     return clone
 
 
+def prediction_mode(family: Any) -> contextlib.AbstractContextManager:
+    """The autograd context of ``family.predict``: ``torch.inference_mode()``, or gradients
+    enabled for a family with ``needs_grad`` (e.g. Grad-CAM). Either way the outputs are
+    detached after each batch, so the graph, and the memory it holds, lives for one batch."""
+    return torch.enable_grad() if getattr(family, "needs_grad", False) else torch.inference_mode()
+
+
+def _to_numpy(value: torch.Tensor) -> np.ndarray:
+    """(N, C, h, w) → (N, h, w, C) float32, or (N, C) per-window vectors as they are."""
+    value = value.detach().float()
+    return (value.permute(0, 2, 3, 1) if value.ndim == 4 else value).cpu().numpy()
+
+
 def family_predictor(family: Family, net: nn.Module, device: torch.device, amp_dtype: torch.dtype | None = None) -> Any:
-    """Wrap ``family.predict`` as numpy (N, I, I, 3) uint8 → named (N, O, O, C) float32 maps.
+    """Wrap ``family.predict`` as numpy (N, I, I, C) windows → named (N, O, O, K) float32 maps
+    or (N, K) per-window vectors (see :mod:`inference.tiling`).
 
     ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the network under autocast; None: float32.
+    Windows are uint8 RGB, or float for a stage whose input holds earlier stages' maps.
     With ``infer.tta`` (``true`` or a list of transform names, see :mod:`inference.tta`) the
     maps are the mean over the transformed windows, the family's ``vector_maps`` rotated back.
+    Prediction runs under :func:`prediction_mode`.
 
     Raises:
         UserError: an ``infer.tta`` that names an unknown transform.
@@ -124,9 +140,9 @@ def family_predictor(family: Family, net: nn.Module, device: torch.device, amp_d
     def predict(windows: np.ndarray) -> dict[str, np.ndarray]:
         batch = torch.from_numpy(np.ascontiguousarray(windows)).to(device).permute(0, 3, 1, 2).float().contiguous()
         autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-        with torch.inference_mode(), autocast:
+        with prediction_mode(family), autocast:
             outputs = tta_average(forward, batch, transforms, family.vector_maps) if transforms else forward(batch)
-        return {name: value.float().permute(0, 2, 3, 1).cpu().numpy() for name, value in outputs.items()}
+        return {name: _to_numpy(value) for name, value in outputs.items()}
 
     return predict
 
@@ -179,6 +195,63 @@ def eval_mode(net: nn.Module) -> Iterator[None]:
         net.train(was_training)
 
 
+def stage_image(family: Any, image: np.ndarray) -> tuple[np.ndarray, ArraySink | None]:
+    """The array a family's windows are cut from: ``family.preprocess_image(image)``, or for a
+    later stage of a staged family (``family.previous`` set) ``family.stage_input`` of it and
+    the earlier stages' maps of ``image``.
+
+    Args:
+        image: (H, W, 3) uint8 RGB as read.
+
+    Returns:
+        ``(array, previous)``: (H', W', C) array and the earlier stages' maps and grid
+        geometries (an :class:`ArraySink`), None for a single stage.
+    """
+    prepared = family.preprocess_image(image)
+    chain = getattr(family, "previous", None)
+    if chain is None:
+        return prepared, None
+    previous = chain.run(image)
+    return family.stage_input(prepared, previous.maps), previous
+
+
+def predict_image(
+    family: Any,
+    net: nn.Module,
+    image: np.ndarray,
+    device: str | torch.device,
+    batch_size: int | None = None,
+    tta: bool | None = None,
+    amp_dtype: torch.dtype | None = None,
+    bn_adapt: float | None = None,
+) -> ArraySink:
+    """:func:`infer_image` keeping the grid geometries: an :class:`ArraySink` whose ``maps``
+    hold every map (dense (H, W, C), grid (R, K, C)) and ``grids`` the grid maps' geometry."""
+    array, _ = stage_image(family, image)
+    return predict_array(family, net, array, device, batch_size, tta, amp_dtype, bn_adapt)
+
+
+def predict_array(
+    family: Any,
+    net: nn.Module,
+    array: np.ndarray,
+    device: str | torch.device,
+    batch_size: int | None = None,
+    tta: bool | None = None,
+    amp_dtype: torch.dtype | None = None,
+    bn_adapt: float | None = None,
+) -> ArraySink:
+    """Tiled prediction of an array already prepared by :func:`stage_image` ((H, W, C))."""
+    family = with_infer_overrides(family, tta=tta, bn_adapt=bn_adapt)
+    spec = TileSpec.from_config(family.cfg["infer"])
+    batch_size = batch_size or family.cfg["infer"].get("batch_size", 8)
+    sink = ArraySink(array.shape[0])
+    with eval_mode(net), adapted_to_image(family, net, array, spec, device, batch_size, amp_dtype):
+        predict_tiled(array, family_predictor(family, net, torch.device(device), amp_dtype), spec, sink,
+                      batch_size=batch_size)
+    return sink
+
+
 def infer_image(
     family: Any,
     net: nn.Module,
@@ -204,14 +277,48 @@ def infer_image(
             :func:`adapted_to_image`).
 
     Returns:
-        The family's named maps, each (H, W, C) float32.
+        The family's named maps, each (H, W, C) float32, or (R, K, C) for per-window vectors
+        (one value per window; see :mod:`inference.tiling`).
     """
-    family = with_infer_overrides(family, tta=tta, bn_adapt=bn_adapt)
-    spec = TileSpec.from_config(family.cfg["infer"])
-    batch_size = batch_size or family.cfg["infer"].get("batch_size", 8)
-    sink = ArraySink(image.shape[0])
-    image = family.preprocess_image(image)
-    with eval_mode(net), adapted_to_image(family, net, image, spec, device, batch_size, amp_dtype):
-        predict_tiled(image, family_predictor(family, net, torch.device(device), amp_dtype), spec, sink,
-                      batch_size=batch_size)
-    return sink.maps
+    return predict_image(family, net, image, device, batch_size, tta, amp_dtype, bn_adapt).maps
+
+
+class StageChain:
+    """Earlier stages of a staged family run on a whole image, in order: what a later stage's
+    ``family.previous`` is. Each stage's windows are cut from ``family.stage_input`` of the
+    image and the maps of the stages before it.
+
+    Args:
+        stages: ``(family, net)`` of each earlier stage, in order, nets on ``device``.
+        device: the nets' device.
+    """
+
+    def __init__(self, stages: list[tuple[Any, nn.Module]], device: str | torch.device) -> None:
+        self.stages = stages
+        self.device = device
+
+    def run(self, image: np.ndarray) -> ArraySink:
+        """Every earlier stage's maps of ``image`` ((H, W, 3) uint8) and grid geometries."""
+        collected = ArraySink(image.shape[0])
+        for index, (family, net) in enumerate(self.stages):
+            array = family.preprocess_image(image)
+            if index:
+                array = family.stage_input(array, collected.maps)
+            sink = predict_array(family, net, array, self.device)
+            collected.maps.update(sink.maps)
+            collected.grids.update(sink.grids)
+        return collected
+
+    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """The earlier stages' named maps of ``image``."""
+        return self.run(image).maps
+
+
+def chain_stages(family: Any, meta: dict, device: str | torch.device) -> Any:
+    """Wire a staged checkpoint for inference: the last stage's ``previous`` runs the earlier
+    stages (``meta['stage_models']`` from ``models.checkpoint.load_checkpoint``) in order.
+    A single-stage checkpoint's family is returned unchanged."""
+    stages = meta.get("stage_models")
+    if stages and len(stages) > 1:
+        family.previous = StageChain(list(stages[:-1]), device)
+    return family

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import logging
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -14,15 +15,17 @@ from typing import Any, Iterable
 import numpy as np
 from tqdm import tqdm
 
+from config import last_stage_config
 from inference.folder import write_failure
 from inference.rawfile import RawRef, find_raw
+from inference.scoring import parse_gt, score_patches, score_semantic
 from loader import read_dataset
 from metrics import mean_rows
 from metrics.scoring import LabelPair, central_crop, print_table, score_pairs, type_counts, write_results
 from misc.errors import UserError
 from misc.io import atomic_write
 from models import get_family, load_plugins
-from postproc.formats import DEFAULT_FORMATS, FORMATS, write_outputs
+from models.tasks import all_formats, patch_class_names, semantic_class_info, task_kind
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ class ProcessReport:
     done: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     metric_files: list[Path] = field(default_factory=list)
+    table_files: list[Path] = field(default_factory=list)
     composition_file: Path | None = None
 
 
@@ -63,48 +67,114 @@ def write_composition(path: Path, counts: dict[str, np.ndarray], type_info: dict
     return path
 
 
+class TaskMismatch(UserError):
+    """A request the results' task cannot serve (e.g. instance formats for a semantic family):
+    the same for every image, so it stops the run instead of skipping an image."""
+
+
+@dataclass
+class ImageOutcome:
+    """One processed image: its name, magnification and task, what scoring needs of its result
+    (``keep``; None without ``--gt``), its rows of the set-level tables, and the class info it
+    was written with (``info_source`` says where that came from)."""
+
+    name: str
+    mag: int
+    task: str
+    keep: Any = None
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    class_info: dict | None = None
+    info_source: str = ""
+    multilabel: bool = True
+    counts: np.ndarray | None = None
+
+
+def process_image(
+    ref: RawRef,
+    output_dir: Path,
+    formats: tuple[str, ...] | None,
+    type_info: dict | None,
+    keep_maps: bool,
+    mpp: float | None = None,
+    count_crop: int | None = None,
+) -> ImageOutcome:
+    """Post-process one raw prediction with its family's hook and write the formats of its task.
+
+    The family is rebuilt from the name and config stored in the raw file (plugin families
+    through ``$HISTOSEG_PLUGINS``; a staged family as its last stage) with its fitted state;
+    the stored magnification is passed to ``postprocess`` as ``mag``.
+
+    Args:
+        formats: ``--formats`` (None: the task's defaults).
+        type_info: ``--type-info`` (None: the family's class info).
+        mpp: pixel size in µm (None: ``infer.mpp`` of the stored config, if any).
+        count_crop: instance results count their nuclei per type (:func:`composition`) in the
+            central square of this side (None: the whole image).
+
+    Raises:
+        UserError: formats the task does not write, class ids outside the class info.
+    """
+
+    load_plugins()  # families registered by $HISTOSEG_PLUGINS modules (processes start fresh)
+    raw = ref.load()
+    family = get_family(raw.family)(last_stage_config(raw.config))
+    family.extra_state = dict(raw.family_state)
+    task = family.task_for("infer")
+    kind = task_kind(task)
+    formats = kind.default_formats if formats is None else formats
+    wrong = [fmt for fmt in formats if fmt not in kind.formats]
+    if wrong:
+        raise TaskMismatch(f"--formats {','.join(wrong)}: not written for {task} results of family '{raw.family}'; "
+                        f"choose from {','.join(kind.formats)}")
+    result = family.postprocess(raw.maps, mag=raw.mag)
+    where = f"{ref.path}" + (f":{ref.group}" if ref.group else "")
+    info_source = "the --type-info file" if type_info is not None else "postproc.class_info"
+    class_info = type_info
+    if task == "semantic":
+        class_info = semantic_class_info(family, np.asarray(result["class_map"]), type_info, f"{where} (class map)")
+    elif task == "patch":
+        class_info = type_info if type_info is not None else family.class_info()
+        patch_class_names(class_info, len(np.ravel(result["class_prob"])))
+    if mpp is None:
+        mpp = raw.config.get("infer", {}).get("mpp")
+    rows = kind.write(output_dir, raw.name, result, raw.image, raw.mag, formats, class_info, mpp)
+    outcome = ImageOutcome(raw.name, raw.mag, task, rows=rows, class_info=class_info, info_source=info_source,
+                           multilabel=family.multilabel)
+    if task == "instance":
+        outcome.counts = composition(result["inst_map"], result.get("type_map"), count_crop)
+    if keep_maps:
+        if task == "instance":
+            outcome.keep = (np.asarray(result["inst_map"]), result.get("type_map"))
+        elif task == "semantic":
+            outcome.keep = np.asarray(result["class_map"])
+        else:
+            outcome.keep = (np.ravel(result["class_prob"]).astype(np.float64), np.ravel(result["labels"]).astype(np.int64))
+    return outcome
+
+
 def process_raw(
     ref: RawRef,
     output_dir: Path,
     formats: tuple[str, ...],
     type_info: dict | None,
     keep_maps: bool,
-    count_crop: int | None = None,
-) -> tuple[str, int, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """Post-process one raw prediction with its family's hook and write ``formats``.
-
-    The family is rebuilt from the name and config stored in the raw file (plugin families
-    through ``$HISTOSEG_PLUGINS``); the stored magnification is passed to ``postprocess`` as ``mag``.
-
-    Returns:
-        ``(name, mag, inst_map, type_map, counts)``; the maps only when ``keep_maps`` (for
-        scoring); ``counts`` the :func:`composition` with ``count_crop`` (None when untyped).
-    """
-    load_plugins()  # families registered by $HISTOSEG_PLUGINS modules (processes start fresh)
-    raw = ref.load()
-    family = get_family(raw.family)(raw.config)
-    result = family.postprocess(raw.maps, mag=raw.mag)
-    write_outputs(output_dir, raw.name, result, raw.image, raw.mag, formats, type_info)
-    counts = composition(result["inst_map"], result.get("type_map"), count_crop)
-    if not keep_maps:
-        return raw.name, raw.mag, None, None, counts
-    return raw.name, raw.mag, np.asarray(result["inst_map"]), result.get("type_map"), counts
+) -> tuple[str, int, np.ndarray | None, np.ndarray | None]:
+    """:func:`process_image` of an instance result as ``(name, mag, inst_map, type_map)``;
+    the maps only when ``keep_maps`` (for scoring)."""
+    outcome = process_image(ref, output_dir, formats, type_info, keep_maps)
+    if outcome.keep is None:
+        return outcome.name, outcome.mag, None, None
+    return outcome.name, outcome.mag, outcome.keep[0], outcome.keep[1]
 
 
-def _guarded(ref: RawRef, *args: Any) -> tuple[str, int, Any, Any, Any] | tuple[str, UserError]:
-    """:func:`process_raw` returning a per-image :class:`UserError` instead of raising it."""
+def _guarded(ref: RawRef, *args: Any) -> ImageOutcome | tuple[str, UserError]:
+    """:func:`process_image` returning a per-image :class:`UserError` instead of raising it."""
     try:
-        return process_raw(ref, *args)
+        return process_image(ref, *args)
+    except TaskMismatch:
+        raise
     except UserError as err:
         return ref.name, err
-
-
-def parse_gt(spec: str) -> tuple[str, str]:
-    """Split ``KIND:ROOT`` (the root may itself hold ':')."""
-    kind, sep, root = spec.partition(":")
-    if not sep or not kind or not root:
-        raise UserError(f"--gt '{spec}': expected KIND:ROOT, e.g. monuseg:/data/monuseg")
-    return kind, root
 
 
 def score_predictions(
@@ -133,6 +203,9 @@ def score_predictions(
         if sample.name not in predictions:
             continue
         pred_inst, pred_type = predictions[sample.name]
+        if sample.inst_map is None:
+            raise UserError(f"--gt {gt}: '{sample.name}' has no instance map; an instance result is scored against "
+                            "a dataset with instance maps")
         if pred_inst.shape != sample.inst_map.shape:
             raise UserError(
                 f"--gt {gt}: '{sample.name}' has shape {sample.inst_map.shape}, the prediction {pred_inst.shape}"
@@ -155,26 +228,70 @@ def score_predictions(
     return [csv_path, json_path]
 
 
+def write_set_tables(output_dir: Path, outcomes: list[ImageOutcome]) -> list[Path]:
+    """Write the set-level tables (``areas.csv``, ``predictions.csv``): the images' rows in name order."""
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for outcome in sorted(outcomes, key=lambda o: o.name):
+        for file_name, rows in outcome.rows.items():
+            tables.setdefault(file_name, []).extend(rows)
+    written = []
+    for file_name, rows in tables.items():
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        with atomic_write(output_dir / file_name, "w") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        written.append(output_dir / file_name)
+    return written
+
+
+def score_outcomes(gt: str, outcomes: list[ImageOutcome], output_dir: Path, count_crop: int | None = None) -> list[Path]:
+    """Score the processed images against ``gt`` with their task's scorer (one task per run);
+    ``count_crop`` is the central square whose nuclei count for the R² of typed instances."""
+    tasks = sorted({o.task for o in outcomes})
+    if len(tasks) > 1:
+        raise UserError(f"the raw files hold results of several tasks {tasks}; score one task per run")
+    task = tasks[0]
+    if task == "instance":
+        mags = {o.mag for o in outcomes}
+        if len(mags) > 1:
+            log.warning("images were taken at several magnifications %s; the pairing radius uses %d", sorted(mags), max(mags))
+        return score_predictions(gt, {o.name: o.keep for o in outcomes}, output_dir, max(mags), count_crop)
+    first = outcomes[0]
+    if task == "semantic":
+        info = first.class_info
+        for outcome in outcomes:
+            info = {**outcome.class_info, **info}
+        return score_semantic(gt, {o.name: o.keep for o in outcomes}, info, first.info_source, output_dir)
+    names = patch_class_names(first.class_info, len(first.keep[0]))
+    return score_patches(gt, {o.name: o.keep for o in outcomes}, names, first.multilabel, output_dir)
+
+
 def process_folder(
     input_path: str | os.PathLike,
     output_dir: str | os.PathLike,
-    formats: Iterable[str] = DEFAULT_FORMATS,
+    formats: Iterable[str] | None = None,
     gt: str | None = None,
     workers: int = 1,
     type_info: dict | None = None,
     show_progress: bool = True,
+    mpp: float | None = None,
     count_crop: int | None = None,
 ) -> ProcessReport:
     """Post-process every raw prediction under ``input_path`` and write the chosen formats.
 
     Args:
         input_path: folder of ``.npz`` / ``raw.h5`` from ``infer.py`` (or one such file).
-        output_dir: receives ``<format>/<name>.<ext>`` and, with ``gt``, ``metrics.csv``/``.json``.
-        formats: any of ``mat``, ``json``, ``geojson``, ``png``.
-        gt: ``KIND:ROOT`` to score the results against (see :func:`score_predictions`).
+        output_dir: receives ``<format>/<name>.<ext>``, the set-level tables (``areas.csv``,
+            ``predictions.csv``) and, with ``gt``, ``metrics.csv``/``.json``.
+        formats: formats of the results' task (``models.tasks``): instance ``mat``, ``json``,
+            ``geojson``, ``png``, ``tif``; semantic ``label``, ``overlay``, ``geojson``,
+            ``areas``; patch ``csv``. None: the task's defaults.
+        gt: the ground truth to score against (see :mod:`inference.scoring`).
         workers: images post-processed in parallel processes.
-        type_info: ``{type: (name, (r, g, b))}`` for GeoJSON classes and overlay colours.
+        type_info: ``{type: (name, (r, g, b))}`` for classes and colours (overrides the family's).
         show_progress: draw a progress bar.
+        mpp: pixel size in µm for the areas in mm² (default ``infer.mpp`` of the raw config).
         count_crop: count nuclei in the central square of this side only (CoNIC: 224), for
             ``composition.csv`` and the R² of ``gt``; None = the whole image.
 
@@ -185,52 +302,44 @@ def process_folder(
     Raises:
         UserError: bad arguments, or an output that cannot be written (e.g. a full disk).
     """
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    formats = tuple(formats)
-    unknown = [fmt for fmt in formats if fmt not in FORMATS]
-    if unknown or not formats:
-        raise UserError(f"--formats {','.join(formats)}: choose one or more of {','.join(FORMATS)}")
-    if gt is not None:
-        parse_gt(gt)
+    formats = tuple(formats) if formats is not None else None
+    unknown = [fmt for fmt in formats or () if fmt not in all_formats()]
+    if unknown or formats == ():
+        raise UserError(f"--formats {','.join(formats or ())}: choose one or more of {','.join(all_formats())}")
     if count_crop is not None and count_crop < 1:
         raise UserError(f"--count-crop must be >= 1 pixel, got {count_crop}")
     refs = find_raw(input_path)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    args = (output_dir, formats, type_info, gt is not None, count_crop)
+    args = (output_dir, formats, type_info, gt is not None, mpp, count_crop)
     report = ProcessReport()
-    predictions: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    counts: dict[str, np.ndarray] = {}
-    mags: set[int] = set()
+    outcomes: list[ImageOutcome] = []
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(tqdm(total=len(refs), unit="image", disable=not show_progress))
         if workers > 1:
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
-            outcomes = (f.result() for f in as_completed([pool.submit(_guarded, ref, *args) for ref in refs]))
+            results = (f.result() for f in as_completed([pool.submit(_guarded, ref, *args) for ref in refs]))
         else:
-            outcomes = (_guarded(ref, *args) for ref in refs)
+            results = (_guarded(ref, *args) for ref in refs)
         try:
-            for outcome in outcomes:
+            for outcome in results:
                 bar.update(1)
-                if isinstance(outcome[1], UserError):
+                if isinstance(outcome, tuple):
                     log.warning("skipping %s: %s", outcome[0], outcome[1])
                     report.failed.append((outcome[0], str(outcome[1])))
                     continue
-                name, mag, inst_map, type_map, image_counts = outcome
-                report.done.append(name)
-                mags.add(mag)
-                if inst_map is not None:
-                    predictions[name] = (inst_map, type_map)
-                if image_counts is not None:
-                    counts[name] = image_counts
+                report.done.append(outcome.name)
+                outcomes.append(outcome)
         except OSError as err:
             raise write_failure(Path(err.filename or output_dir), err) from None
     report.done.sort()
+    try:
+        report.table_files = write_set_tables(output_dir, outcomes)
+    except OSError as err:
+        raise write_failure(Path(err.filename or output_dir), err) from None
+    counts = {o.name: o.counts for o in outcomes if o.counts is not None}
     if counts:
         report.composition_file = write_composition(output_dir / "composition.csv", counts, type_info)
-    if gt is not None and predictions:
-        if len(mags) > 1:
-            log.warning("images were taken at several magnifications %s; the pairing radius uses %d", sorted(mags), max(mags))
-        report.metric_files = score_predictions(gt, predictions, output_dir, max(mags), count_crop)
+    if gt is not None and outcomes:
+        report.metric_files = score_outcomes(gt, outcomes, output_dir, count_crop)
     return report

@@ -4,9 +4,12 @@ Raw file layout (``.npz``; the same names as datasets/attributes of a group in `
 every map the family's ``predict`` emits, as (H, W, C) float32 (``np_prob``, ``hv``,
 ``tp_prob``, ...), plus ``family`` (str), ``config`` (the resolved config as JSON text),
 ``mag`` (int magnification the image was taken at), ``source`` (the image path) and
-``image`` ((H, W, 3) uint8, for overlays); an ensemble's file also ``members`` (JSON text of
-each checkpoint's family and path, :mod:`inference.ensemble`). ``find_raw`` and
-``RawRef.load`` read them back.
+``image`` ((H, W, 3) uint8, for overlays). Optional entries, written only when there is
+something to record: ``members`` (an ensemble's JSON text of each checkpoint's family and path,
+:mod:`inference.ensemble`), ``grids`` (JSON text ``{map name: {step, size, offset}}``, the
+image-pixel geometry of maps that hold one value per window, see
+:class:`inference.tiling.GridGeometry`) and ``family_state`` (JSON text of the family's fitted
+state, e.g. per-class thresholds). ``find_raw`` and ``RawRef.load`` read them back.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from misc.errors import UserError
 META_NAMES = ("family", "config", "mag", "source", "image")
 #: Metadata that only some raw files hold: an ensemble's members.
 MEMBERS_NAME = "members"
+OPTIONAL_META = (MEMBERS_NAME, "grids", "family_state")
 
 
 H5_NAME = "raw.h5"
@@ -46,6 +50,7 @@ class NpyBandWriter:
         self.height = height
         self.files: dict[str, BinaryIO] = {}
         self.paths: dict[str, Path] = {}
+        self.grids: dict[str, dict[str, float]] = {}
 
     def __call__(self, row_start: int, row_stop: int, band: dict[str, np.ndarray]) -> None:
         for name, values in band.items():
@@ -60,6 +65,12 @@ class NpyBandWriter:
                 np.lib.format.write_array_header_2_0(self.files[name], header)
             self.files[name].write(np.ascontiguousarray(values, dtype="<f4").data)
 
+    def grid(self, name: str, values: np.ndarray, geometry: Any) -> None:
+        """Write grid map ``name`` ((R, K, C) float32) whole to ``folder/<name>.npy``; keep its geometry."""
+        self.paths[name] = self.folder / f"{name}.npy"
+        np.save(self.paths[name], np.asarray(values, "<f4"))
+        self.grids[name] = geometry.as_dict()
+
     def close(self) -> None:
         """Close every open map file."""
         for handle in self.files.values():
@@ -72,12 +83,18 @@ class H5BandWriter:
     def __init__(self, group: Any, height: int) -> None:
         self.group = group
         self.height = height
+        self.grids: dict[str, dict[str, float]] = {}
 
     def __call__(self, row_start: int, row_stop: int, band: dict[str, np.ndarray]) -> None:
         for name, values in band.items():
             if name not in self.group:
                 self.group.create_dataset(name, shape=(self.height, *values.shape[1:]), dtype="f4", chunks=True)
             self.group[name][row_start:row_stop] = values
+
+    def grid(self, name: str, values: np.ndarray, geometry: Any) -> None:
+        """Write grid map ``name`` ((R, K, C) float32) as a dataset; keep its geometry."""
+        self.group.create_dataset(name, data=np.asarray(values, "f4"))
+        self.grids[name] = geometry.as_dict()
 
 
 def write_npz(handle: BinaryIO, map_files: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
@@ -97,23 +114,30 @@ def write_npz(handle: BinaryIO, map_files: dict[str, Path], arrays: dict[str, np
                 np.lib.format.write_array(dst, np.asanyarray(array), allow_pickle=False)
 
 
-def meta_arrays(family: Any, image: np.ndarray, source: Path, mag: int) -> dict[str, np.ndarray]:
-    """The metadata arrays of a raw file (:data:`META_NAMES`); ``image`` is (H, W, 3) uint8."""
-    return {
+def meta_arrays(family: Any, image: np.ndarray, source: Path, mag: int,
+                grids: dict[str, dict] | None = None) -> dict[str, np.ndarray]:
+    """The metadata arrays of a raw file (:data:`META_NAMES`, and :data:`OPTIONAL_META` when
+    there are ``grids`` or the family has a fitted ``extra_state``); ``image`` is (H, W, 3) uint8."""
+    meta = {
         "family": np.array(family.name),
         "config": np.array(json.dumps(family.cfg)),
         "mag": np.array(int(mag)),
         "source": np.array(str(source)),
         "image": image,
     }
+    if grids:
+        meta["grids"] = np.array(json.dumps(grids))
+    if getattr(family, "extra_state", None):
+        meta["family_state"] = np.array(json.dumps(family.extra_state))
+    return meta
 
 
 def check_map_names(names: Iterable[str]) -> None:
     """Refuse map names that clash with the metadata names (:class:`UserError`)."""
-    reserved = [*META_NAMES, MEMBERS_NAME]
+    reserved = (*META_NAMES, *OPTIONAL_META)
     clash = sorted(set(names) & set(reserved))
     if clash:
-        raise UserError(f"the family's predict emits {clash}, names reserved for raw-file metadata {reserved}")
+        raise UserError(f"the family's predict emits {clash}, names reserved for raw-file metadata {list(reserved)}")
 
 
 def complete_groups(h5file: Any) -> set[str]:
@@ -134,6 +158,8 @@ class RawPrediction:
         source: the image path at inference time.
         image: (H, W, 3) uint8 RGB.
         members: an ensemble's ``[{'family', 'checkpoint'}, ...]``; empty for one checkpoint.
+        grids: ``{map name: {step, size, offset}}`` of the maps with one value per window.
+        family_state: the family's fitted state at inference (``Family.extra_state``).
     """
 
     name: str
@@ -144,6 +170,8 @@ class RawPrediction:
     source: str
     image: np.ndarray
     members: list[dict] = field(default_factory=list)
+    grids: dict = field(default_factory=dict)
+    family_state: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -169,7 +197,7 @@ class RawRef:
             if self.group is None:
                 with np.load(self.path, allow_pickle=False) as data:
                     arrays = {key: data[key] for key in data.files}
-                meta = {key: arrays.pop(key) for key in (*META_NAMES, MEMBERS_NAME) if key in arrays}
+                meta = {key: arrays.pop(key) for key in (*META_NAMES, *OPTIONAL_META) if key in arrays}
                 meta = {key: (value if key == "image" else value.item()) for key, value in meta.items()}
             else:
                 import h5py
@@ -193,6 +221,8 @@ class RawRef:
             source=str(meta["source"]),
             image=np.asarray(meta["image"], np.uint8),
             members=json.loads(str(meta[MEMBERS_NAME])) if meta.get(MEMBERS_NAME) is not None else [],
+            grids=json.loads(str(meta["grids"])) if meta.get("grids") is not None else {},
+            family_state=json.loads(str(meta["family_state"])) if meta.get("family_state") is not None else {},
         )
 
 

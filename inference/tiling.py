@@ -22,6 +22,14 @@ Semantics follow HoVer-Net's tile mode (SEEDS §2.7), generalised:
 Padding is never materialised: each window is gathered through per-axis index arrays. Output
 rows are emitted band by band (one band per row of windows) to a *sink*, so the memory held is
 one band of ``step`` rows plus one batch, whatever the image size.
+
+A predictor may also return per-window vectors, (N, C) instead of (N, C, h, w) maps: a
+classifier slid over the image. Those become a *grid map* with one value per window, (R, K, C)
+for R rows and K columns of windows, kept whole (it is ``step^2`` times smaller than the image)
+and handed to the sink at the end through ``sink.grid(name, values, geometry)``. Its
+:class:`GridGeometry` says where cell (i, j) lies in the image: rows
+``[offset + i * step, offset + i * step + size)`` in image pixels (the same along columns), so
+maps and images line up.
 """
 
 from __future__ import annotations
@@ -179,19 +187,50 @@ def gather_window(image: np.ndarray, rows: AxisPlan, cols: AxisPlan, row: int, c
     return window
 
 
+@dataclass(frozen=True)
+class GridGeometry:
+    """Where the cells of a grid map lie in the image, in image pixels (level 0 of the image
+    the tiler was given): cell ``i`` along an axis covers ``[offset + i * step, offset + i *
+    step + size)``; the same along rows and columns.
+
+    Attributes:
+        step: pixels between the starts of neighbouring cells (the window stride).
+        size: pixels one cell's window covers (the output window).
+        offset: image coordinate of cell 0's start (negative when windows start in the padding).
+    """
+
+    step: float
+    size: float
+    offset: float
+
+    def as_dict(self) -> dict[str, float]:
+        """JSON-ready ``{'step', 'size', 'offset'}``."""
+        return {"step": float(self.step), "size": float(self.size), "offset": float(self.offset)}
+
+    def scaled(self, factor: float) -> "GridGeometry":
+        """The geometry in the coordinates of an image ``factor`` times larger."""
+        return GridGeometry(self.step * factor, self.size * factor, self.offset * factor)
+
+
 class BandSink(Protocol):
-    """Receiver of stitched output rows, called in increasing, contiguous row order."""
+    """Receiver of stitched output rows, called in increasing, contiguous row order.
+
+    Sinks also take grid maps (per-window vectors) through ``grid(name, values, geometry)``
+    with ``values`` (R, K, C) float32 and a :class:`GridGeometry`; the tiler calls it once
+    per grid map, after the last band."""
 
     def __call__(self, row_start: int, row_stop: int, band: dict[str, np.ndarray]) -> None:
         """Take rows ``[row_start, row_stop)``: named (row_stop - row_start, W, C) float32 maps."""
 
 
 class ArraySink:
-    """Collects the bands into in-memory (H, W, C) float32 arrays (``self.maps``)."""
+    """Collects the bands into in-memory (H, W, C) float32 arrays (``self.maps``) and grid maps
+    into ``self.maps`` as (R, K, C) with their geometry in ``self.grids``."""
 
     def __init__(self, height: int) -> None:
         self.height = height
         self.maps: dict[str, np.ndarray] = {}
+        self.grids: dict[str, GridGeometry] = {}
 
     def __call__(self, row_start: int, row_stop: int, band: dict[str, np.ndarray]) -> None:
         for name, values in band.items():
@@ -199,15 +238,30 @@ class ArraySink:
                 self.maps[name] = np.empty((self.height, *values.shape[1:]), np.float32)
             self.maps[name][row_start:row_stop] = values
 
+    def grid(self, name: str, values: np.ndarray, geometry: GridGeometry) -> None:
+        """Keep grid map ``name`` ((R, K, C) float32) and its geometry."""
+        self.maps[name] = np.asarray(values, np.float32)
+        self.grids[name] = geometry
+
+
+def emit_grid(sink: BandSink, name: str, values: np.ndarray, geometry: GridGeometry) -> None:
+    """Hand a grid map to ``sink.grid``; a sink without one refuses grid maps."""
+    receive = getattr(sink, "grid", None)
+    if receive is None:
+        raise UserError(f"tiling: the family's predict returned per-window vectors '{name}' but the output "
+                        f"({type(sink).__name__}) stores only dense maps")
+    receive(name, values, geometry)
+
 
 def _check_outputs(outputs: dict[str, np.ndarray], count: int, size: int) -> None:
     if not outputs:
         raise UserError("tiling: the family's predict returned no maps")
     for name, values in outputs.items():
-        if values.ndim != 4 or values.shape[0] != count or values.shape[1:3] != (size, size):
+        vector = values.ndim == 2 and values.shape[0] == count
+        if not vector and (values.ndim != 4 or values.shape[0] != count or values.shape[1:3] != (size, size)):
             raise UserError(
                 f"tiling: predicted map '{name}' has shape {values.shape}; expected ({count}, {size}, {size}, C) "
-                f"for infer.output_size = {size}"
+                f"for infer.output_size = {size}, or ({count}, C) per-window vectors"
             )
 
 
@@ -234,11 +288,15 @@ def predict_resized(image: np.ndarray, predict: Predictor, shorter: int, sink: B
         raise UserError("tiling: the family's predict returned no maps")
     maps = {}
     for name, values in outputs.items():
+        if values.ndim == 2 and values.shape[0] == 1:
+            emit_grid(sink, name, values.reshape(1, 1, -1), GridGeometry(max(height, width), max(height, width), 0.0))
+            continue
         if values.ndim != 4 or values.shape[:3] != (1, small_h, small_w):
             raise UserError(f"tiling: predicted map '{name}' has shape {values.shape}; expected "
                             f"(1, {small_h}, {small_w}, C) for the image resized to a shorter side of {shorter}")
         maps[name] = resize_rows(values[0], (height, width), 0, height)
-    sink(0, height, maps)
+    if maps:
+        sink(0, height, maps)
 
 
 def predict_tiled(
@@ -273,27 +331,39 @@ def predict_tiled(
         predict_scaled(image, predict, spec, sink, batch_size, on_batch)
         return
     rows, cols = plan_axis(image.shape[0], spec), plan_axis(image.shape[1], spec)
-    cells = [(r, c) for r in range(len(rows.input_starts)) for c in range(len(cols.input_starts))]
+    n_rows, n_cols = len(rows.input_starts), len(cols.input_starts)
+    cells = [(r, c) for r in range(n_rows) for c in range(n_cols)]
     bands: dict[int, dict[str, np.ndarray]] = {}
-    remaining = {r: len(cols.input_starts) for r in range(len(rows.input_starts))}
+    grids: dict[str, np.ndarray] = {}
+    remaining = {r: n_cols for r in range(n_rows)}
     for first in range(0, len(cells), batch_size):
         batch = cells[first : first + batch_size]
         windows = np.stack([gather_window(image, rows, cols, r, c, spec.input_size) for r, c in batch])
         outputs = predict(windows)
         _check_outputs(outputs, len(batch), spec.output_size)
+        dense = {name: values for name, values in outputs.items() if values.ndim == 4}
+        for name, values in outputs.items():
+            if values.ndim == 2:
+                grid = grids.setdefault(name, np.empty((n_rows, n_cols, values.shape[1]), np.float32))
+                grid[tuple(np.array(batch).T)] = values
         for k, (r, c) in enumerate(batch):
             (r0, r1), (c0, c1) = rows.keep[r], cols.keep[c]
             dy, dx = r0 - rows.output_starts[r], c0 - cols.output_starts[c]
             band = bands.setdefault(
-                r, {name: np.empty((r1 - r0, image.shape[1], v.shape[3]), np.float32) for name, v in outputs.items()}
+                r, {name: np.empty((r1 - r0, image.shape[1], v.shape[3]), np.float32) for name, v in dense.items()}
             )
-            for name, values in outputs.items():
+            for name, values in dense.items():
                 band[name][:, c0:c1] = values[k, dy : dy + r1 - r0, dx : dx + c1 - c0]
             remaining[r] -= 1
             if remaining[r] == 0:
-                sink(int(r0), int(r1), bands.pop(r))
+                finished = bands.pop(r)
+                if finished:
+                    sink(int(r0), int(r1), finished)
         if on_batch is not None:
             on_batch(len(batch))
+    geometry = GridGeometry(float(spec.stride), float(spec.output_size), float(rows.output_starts[0]))
+    for name, values in grids.items():
+        emit_grid(sink, name, values, geometry)
 
 
 def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -343,10 +413,13 @@ def predict_scaled(
     small = cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_LINEAR).reshape(small_h, small_w, -1)
     collected = ArraySink(small_h)
     predict_tiled(small, predict, replace(spec, scale=1.0), collected, batch_size, on_batch)
-    for row_start in range(0, height, band_rows):
+    dense = {name: values for name, values in collected.maps.items() if name not in collected.grids}
+    for row_start in range(0, height, band_rows) if dense else ():
         row_stop = min(height, row_start + band_rows)
         sink(row_start, row_stop, {name: resize_rows(values, (height, width), row_start, row_stop)
-                                   for name, values in collected.maps.items()})
+                                   for name, values in dense.items()})
+    for name, geometry in collected.grids.items():
+        emit_grid(sink, name, collected.maps[name], geometry.scaled(height / small_h))
 
 
 def window_count(shape: tuple[int, int], spec: TileSpec) -> int:

@@ -1,4 +1,5 @@
-"""Semantic-segmentation IoU accumulated over a data set (HistoSegNet evaluation)."""
+"""Semantic-segmentation scores accumulated over a data set (HistoSegNet evaluation): per-class
+IoU and Dice, mIoU, fIoU, pixel accuracy, from confusion matrices."""
 
 from __future__ import annotations
 
@@ -57,12 +58,52 @@ def semantic_iou(
     confusion = np.zeros((nr_classes, nr_classes), dtype=np.int64)
     for t, p in zip(true_maps, pred_maps):
         confusion += confusion_matrix(t, p, nr_classes)
+    scores = confusion_scores(confusion)
+    return {"iou_per_class": scores["iou"], "miou": scores["miou"], "fiou": scores["fiou"], "confusion": confusion}
+
+
+def fiou_weights(true_count: np.ndarray) -> np.ndarray:
+    """HistoSegNet's log-inverse-frequency class weights: w_c ∝ (Σ_j log n_j) / log n_c of the
+    true pixel counts n_c, normalised to sum 1 (the constant numerator cancels); classes with
+    fewer than 2 true pixels get 0 (log 1 = 0). All zeros when no class has 2 pixels.
+
+    Args:
+        true_count: (C,) true pixel counts.
+
+    Returns:
+        (C,) float64 weights.
+    """
+    counts = np.asarray(true_count, np.float64)
+    inverse = np.divide(1.0, np.log(np.maximum(counts, 1.0)), out=np.zeros(len(counts)), where=counts > 1)
+    total = inverse.sum()
+    return inverse / total if total > 0 else inverse
+
+
+def confusion_scores(confusion: np.ndarray) -> dict:
+    """Scores of a (C, C) confusion matrix (rows true, columns predicted).
+
+    Returns:
+        ``iou`` and ``dice`` ((C,) float64; NaN for a class in neither truth nor prediction),
+        ``miou`` and ``mdice`` (means over the classes present in truth or prediction),
+        ``fiou`` (Σ_c w_c IoU_c with :func:`fiou_weights`, NaN when no class has 2 true
+        pixels) and ``pixel_accuracy`` (share of pixels whose class is right; NaN for none).
+    """
+    confusion = np.asarray(confusion, np.int64)
     inter = np.diag(confusion).astype(np.float64)
     true_count = confusion.sum(axis=1).astype(np.float64)
-    union = true_count + confusion.sum(axis=0) - inter
+    pred_count = confusion.sum(axis=0).astype(np.float64)
+    union = true_count + pred_count - inter
     present = union > 0
-    iou = np.divide(inter, union, out=np.full(nr_classes, np.nan), where=present)
-    miou = float(iou[present].mean()) if present.any() else float("nan")
-    inv_log = np.divide(1.0, np.log(np.maximum(true_count, 1.0)), out=np.zeros(nr_classes), where=true_count > 1)
-    fiou = float((inv_log / inv_log.sum() * np.nan_to_num(iou)).sum()) if inv_log.sum() > 0 else float("nan")
-    return {"iou_per_class": iou, "miou": miou, "fiou": fiou, "confusion": confusion}
+    nan = np.full(len(inter), np.nan)
+    iou = np.divide(inter, union, out=nan.copy(), where=present)
+    dice = np.divide(2 * inter, true_count + pred_count, out=nan.copy(), where=present)
+    weights = fiou_weights(true_count)
+    total = confusion.sum()
+    return {
+        "iou": iou,
+        "dice": dice,
+        "miou": float(iou[present].mean()) if present.any() else float("nan"),
+        "mdice": float(dice[present].mean()) if present.any() else float("nan"),
+        "fiou": float((weights * np.nan_to_num(iou)).sum()) if weights.sum() > 0 else float("nan"),
+        "pixel_accuracy": float(inter.sum() / total) if total else float("nan"),
+    }

@@ -11,19 +11,40 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from loader.colour import lab_statistics, reinhard_normalise
-from metrics import instance_stats
 from misc.errors import UserError
 from misc.io import read_image
+from models.tasks import semantic_truth, task_kind
+from postproc.semantic import class_info_from
+
+
+#: Task kinds a family's results can be (see ``models.tasks`` and docs/tasks.md).
+TASKS = ("instance", "semantic", "patch")
 
 
 def under_prefix(name: str, prefixes: Sequence[str]) -> bool:
     """Whether a dotted module/parameter ``name`` is one of ``prefixes`` or lies under one."""
     return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def previous_at(previous: dict[str, np.ndarray], shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Earlier stages' maps at an image's size: each (h, w, C) map (dense, or a grid of one
+    value per window) resized with nearest neighbours to ``shape`` (H, W), one float32 (H, W)
+    array per channel, keyed ``<name>`` (C = 1) or ``<name>_<c>``."""
+
+    out = {}
+    for name, values in previous.items():
+        values = np.asarray(values, np.float32)
+        if values.shape[:2] != tuple(shape):
+            values = cv2.resize(values, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).reshape(*shape, -1)
+        for c in range(values.shape[2]):
+            out[name if values.shape[2] == 1 else f"{name}_{c}"] = np.ascontiguousarray(values[..., c])
+    return out
 
 
 class Family(ABC):
@@ -43,12 +64,77 @@ class Family(ABC):
     #: Sample arrays the family reads beyond ``loader.keys.SAMPLE_KEYS`` (e.g. precomputed
     #: weight, marker or heatmap arrays a reader supplies); the engine passes them through.
     sample_keys: ClassVar[tuple[str, ...]] = ()
+    #: What the family's results are (one of :data:`TASKS`): ``instance`` (nucleus instance
+    #: maps), ``semantic`` (a per-pixel class map) or ``patch`` (image-level class labels).
+    #: Writers, scores, overlays and the default ``train.select_metric`` follow it
+    #: (``models.tasks``). A family whose training and inference tasks differ overrides
+    #: :meth:`task_for`.
+    task: ClassVar[str] = "instance"
+    #: Patch task: several labels per image (sigmoid outputs) rather than one class (softmax).
+    multilabel: ClassVar[bool] = True
+    #: ``predict`` needs autograd (e.g. Grad-CAM): inference then runs with gradients enabled
+    #: instead of under ``torch.inference_mode()``, one batch of windows at a time.
+    needs_grad: ClassVar[bool] = False
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg
         # Input statistics from fit_norm_stats ({'mean': [..], 'std': [..]} per channel and/or
         # the Reinhard target {'reinhard': ..}), or None; restored from checkpoints.
         self.norm_stats: dict | None = None
+        # Fitted state beyond the weights, JSON values only (e.g. {'thresholds': [..]} per
+        # class); saved in checkpoints and raw files, restored with them.
+        self.extra_state: dict = {}
+        # Staged families: for a later stage, the earlier stages run on a whole (H, W, 3) uint8
+        # image, returning their named maps (set by the engine and by checkpoint loading).
+        self.previous: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None
+
+    def task_for(self, purpose: str) -> str:
+        """The task of ``purpose``: ``'train'`` (validation scores, ``train.select_metric``)
+        or ``'infer'`` (outputs of ``process.py`` and its scores). Default: :attr:`task`."""
+        return self.task
+
+    @property
+    def stage(self) -> str | None:
+        """The stage this instance serves (``cfg['stage']``, see ``config.stage_config``), or None."""
+        return self.cfg.get("stage")
+
+    def class_info(self) -> dict[int, tuple[str, tuple[int, int, int]]] | None:
+        """Class ids → ``(name, (r, g, b))`` of the results (semantic classes, patch labels):
+        ``postproc.class_info`` of the config, a ``type_info.json`` path or an inline mapping;
+        None when unset."""
+        value = (self.cfg.get("postproc") or {}).get("class_info")
+        if value is None:
+            return None
+        return class_info_from(value, "postproc.class_info")
+
+    def image_labels(self, sample: dict[str, Any]) -> np.ndarray:
+        """Patch task: the (C,) 0/1 true labels of a sample (default: its ``labels``)."""
+        labels = sample.get("labels")
+        if labels is None:
+            raise UserError(f"sample '{sample.get('name', '')}' has no image-level labels; the family scores patch labels")
+        return np.asarray(labels, np.float32)
+
+    def class_truth(self, sample: dict[str, Any]) -> np.ndarray:
+        """Semantic task: the (H, W) true class map of a sample (default: its ``class_map``,
+        else its ``type_map``)."""
+        return semantic_truth(self, sample)
+
+    def previous_sample_maps(self, image: np.ndarray, previous: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Training of a later stage: the earlier stages' maps of a sample as (H, W) arrays added
+        to it before augmentation (so the geometric augmentations move them with the image).
+        Default: :func:`previous_at` (every map at the image's size, one key per channel)."""
+        return previous_at(previous, image.shape[:2])
+
+    def calibrate(self, results: list[dict[str, Any]], samples: list[dict[str, Any]]) -> None:
+        """Fit post-processing state on the validation images after each validation (e.g.
+        per-class decision thresholds into :attr:`extra_state`). Default: nothing."""
+
+    def stage_input(self, image: np.ndarray, previous: dict[str, np.ndarray]) -> np.ndarray:
+        """A later stage's input array: the (H, W, 3) uint8 image (after ``preprocess_image``)
+        and the earlier stages' maps ((H, W, C) dense or (R, K, C) per-window grid maps) →
+        the (H', W', C') array this stage's windows are cut from (float, 0-255 for image
+        channels). Default: the image."""
+        return image
 
     @classmethod
     def default_config_path(cls) -> Path | None:
@@ -251,20 +337,17 @@ class Family(ABC):
             sample: the ground truth, ``{'image', 'inst_map', 'type_map', ...}``.
 
         Returns:
-            The default (instance families) gives ``metrics.instance_stats``: dice, dice2,
-            aji, aji_plus, dq, sq, pq (NaN where undefined, e.g. no nuclei on either side).
+            The scores of the training task (``models.tasks``): instance families get
+            ``metrics.instance_stats`` (dice, dice2, aji, aji_plus, dq, sq, pq; NaN where
+            undefined), semantic ones ``miou``, ``fiou``, ``mdice``, ``pixel_accuracy``, patch
+            ones ``f1`` and the accuracy scores of ``metrics.patch.image_scores``.
         """
-        return {key: float(value) for key, value in instance_stats(sample["inst_map"], result["inst_map"]).items()}
+        return task_kind(self.task_for("train")).evaluate(self, result, sample)
 
     def overlay(self, image: np.ndarray, result: dict[str, Any]) -> np.ndarray | None:
         """An (H, W, 3) uint8 picture of ``result`` over ``image`` for TensorBoard, or None.
 
-        The default draws instance boundaries of ``result['inst_map']`` in yellow.
+        The default follows the inference task: instance boundaries of ``result['inst_map']``
+        in yellow, class colours of ``result['class_map']`` blended over the image; none for patches.
         """
-        if "inst_map" not in result:
-            return None
-        from skimage.segmentation import find_boundaries
-
-        picture = image.copy()
-        picture[find_boundaries(result["inst_map"], mode="inner")] = (255, 255, 0)
-        return picture
+        return task_kind(self.task_for("infer")).overlay(self, image, result)

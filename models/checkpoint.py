@@ -99,7 +99,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         ``(family, net, meta)``: the :class:`models.base.Family` instance built from the stored
         config (with ``norm_stats`` restored), the network in eval mode on ``device``, and the
         checkpoint without its optimiser/scheduler/RNG entries (``config``, ``family``, ``epoch``,
-        ``step``, ``phase``, ``norm_stats``, ``best_metric``).
+        ``step``, ``phase``, ``norm_stats``, ``best_metric``). A staged checkpoint gives its last
+        stage and ``meta['stage_models']``: call ``inference.predict.chain_stages`` before predicting.
 
     Families registered by plugins are found when ``$HISTOSEG_PLUGINS`` names their module.
 
@@ -113,15 +114,35 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     checkpoint = _torch_load(path)
     if not _is_ours(checkpoint):
         checkpoint = adopt_published(checkpoint, path)
+    if "stages" in checkpoint:
+        return _load_stages(checkpoint, path, device)
+    family, net = _rebuild(checkpoint, path, device)
+    meta = {key: value for key, value in checkpoint.items() if key not in ("model", "optimizer", "scheduler", "scaler", "rng")}
+    return family, net, meta
+
+
+def _rebuild(checkpoint: dict, path: Path, device: str | torch.device) -> tuple[Family, nn.Module]:
+    """The family (``norm_stats`` and ``extra_state`` restored) and eval-mode network of one entry."""
     cfg = copy.deepcopy(checkpoint["config"])
     if isinstance(cfg.get("model"), dict) and "pretrained" in cfg["model"]:
         cfg["model"]["pretrained"] = None  # the trained weights replace any initialisation
     family = get_family(checkpoint["family"])(cfg)
     family.norm_stats = checkpoint.get("norm_stats")
+    family.extra_state = dict(checkpoint.get("family_state") or {})
     net = family.build_network()
     load_state(net, checkpoint["model"], path)
     net.to(device).eval()
-    meta = {key: value for key, value in checkpoint.items() if key not in ("model", "optimizer", "scheduler", "scaler", "rng")}
+    return family, net
+
+
+def _load_stages(checkpoint: dict, path: Path, device: str | torch.device) -> tuple[Family, nn.Module, dict]:
+    """A staged checkpoint (``engine.checkpoint.stages_checkpoint``): the last stage's family
+    and network; ``meta['stage_models']`` lists ``(family, net)`` of every stage in order, which
+    ``inference.predict.chain_stages`` wires so that the last stage sees the earlier ones' maps."""
+    stages = [_rebuild({**entry, "family": checkpoint["family"]}, path, device) for entry in checkpoint["stages"].values()]
+    family, net = stages[-1]
+    meta = {"config": checkpoint["config"], "family": checkpoint["family"], "stages": list(checkpoint["stages"]),
+            "stage_models": stages}
     return family, net, meta
 
 

@@ -104,12 +104,40 @@ def pixel_edge_ring(contour: np.ndarray) -> np.ndarray:
     width, height = contour.max(axis=0) - origin + 1
     region = np.zeros((height, width), dtype=np.uint8)
     cv2.drawContours(region, [(contour - origin).astype(np.int32)[:, None, :]], -1, 1, thickness=cv2.FILLED)
-    upsampled = np.pad(np.kron(region, np.ones((2, 2), np.uint8)), 1).astype(np.float32)
-    ring = max(find_contours(upsampled, 0.5), key=len)[:-1]
+    return _corner_ring(max(_upsampled_contours(region), key=len), origin)
+
+
+def _upsampled_contours(region: np.ndarray) -> list[np.ndarray]:
+    """Marching-squares contours (closed, (K, 2) float (row, col)) of the (h, w) 0/1 ``region``
+    upsampled 2x and padded by one pixel: they run along the region's pixel edges, its pieces
+    4-connected."""
+    upsampled = np.pad(np.kron(np.asarray(region, np.uint8), np.ones((2, 2), np.uint8)), 1).astype(np.float32)
+    return find_contours(upsampled, 0.5)
+
+
+def _corner_ring(ring: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """A contour of :func:`_upsampled_contours` as (M, 2) float (x, y) pixel-corner vertices
+    offset by ``origin`` ((x, y) of the region's top-left pixel), not closed, collinear ones dropped."""
+    ring = ring[:-1]
     before, after = ring - np.roll(ring, 1, axis=0), np.roll(ring, -1, axis=0) - ring
     ring = ring[np.abs(before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]) > 1e-9]
     # (row, col) -> (x, y), then undo the pad, move centres to corners and undo the 2x upsampling
     return (ring[:, ::-1] - 1 + 0.5) / 2 + origin
+
+
+def region_edge_rings(region: np.ndarray, origin: tuple[float, float] = (0.0, 0.0)) -> list[np.ndarray]:
+    """Every outline along the pixel edges of a binary region, in the pixel-corner convention
+    of :func:`pixel_edge_ring`: the outer boundary of each 4-connected piece and the boundary
+    of each hole.
+
+    Args:
+        region: (h, w) bool or 0/1 mask.
+        origin: (x, y) of the mask's top-left pixel in the image.
+
+    Returns:
+        (M, 2) float (x, y) vertices per ring, not closed.
+    """
+    return [_corner_ring(ring, np.asarray(origin, np.float64)) for ring in _upsampled_contours(region)]
 
 
 def nucleus_dict(inst_info: Mapping[int, Mapping]) -> dict[str, dict]:

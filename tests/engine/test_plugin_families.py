@@ -27,7 +27,7 @@ def patchcls_run(tmp_path_factory):
 def test_patch_label_classifier_trains_through_train_py(patchcls_run):
     rows = _rows(patchcls_run)
     assert [row["epoch"] for row in rows] == ["1", "2"]
-    assert {"train_bce", "val_accuracy", "val_f1"} <= set(rows[0])
+    assert {"train_bce", "val_f1", "val_exact_match", "val_hamming_score"} <= set(rows[0])
 
 
 def test_checkpoint_carries_family_config_norm_stats_and_rng(patchcls_run):
@@ -40,9 +40,9 @@ def test_checkpoint_carries_family_config_norm_stats_and_rng(patchcls_run):
 
 @pytest.fixture(scope="module")
 def cascade_run(tmp_path_factory):
-    """A finished ``toy_cascade`` run (plugin named by $HISTOSEG_PLUGINS)."""
+    """A finished ``toy_phases`` run (plugin named by $HISTOSEG_PLUGINS)."""
     out = tmp_path_factory.mktemp("cascade") / "run"
-    done = run_train("--model", "toy_cascade", "--data", "synthetic", "--out", out, plugin=False,
+    done = run_train("--model", "toy_phases", "--data", "synthetic", "--out", out, plugin=False,
                      env=subprocess_env(HISTOSEG_PLUGINS=PLUGIN))
     assert done.returncode == 0, done.stderr[-3000:]
     return out

@@ -15,7 +15,7 @@ from tests.engine.helpers import REPO_ROOT, kill_at, subprocess_env, train_args,
 # Four epochs of eight steps (32 tiles, batch 4): two phases, Adam then SGD with momentum;
 # random 24-pixel crops, flips and dropout exercise every random state.
 RESUME_ARGS = (
-    "--model", "toy_cascade", "--data", "synthetic",
+    "--model", "toy_phases", "--data", "synthetic",
     "--set", "data.synthetic.n_train=32", "--set", "data.patch_size=24",
     "--set", "data.augment=[{op: flip, axis: horizontal, p: 0.5}, {op: flip, axis: vertical, p: 0.5}]",
     "--set", "train.phases=["

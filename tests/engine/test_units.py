@@ -18,7 +18,7 @@ from models.checkpoint import load_checkpoint, read_checkpoint
 from tests.engine.helpers import PLUGIN
 
 load_plugins([PLUGIN])
-from tests.engine.toy_families import CascadeFamily, PatchClassifierFamily  # noqa: E402
+from tests.engine.toy_families import PhasedFamily, PatchClassifierFamily  # noqa: E402
 
 
 def _run(tmp_path, model: str, *overrides: str, name: str = "run") -> loop.TrainResult:
@@ -94,7 +94,7 @@ def test_garbage_checkpoint_is_a_user_error(tmp_path):
 
 
 def test_train_mode_puts_frozen_modules_in_eval():
-    family = CascadeFamily({"model": {"width": 2, "factor": 2}})
+    family = PhasedFamily({"model": {"width": 2, "factor": 2}})
     net = family.build_network()
     family.train_mode(net, {"freeze": ["refine"]})
     assert net.detect.training and not net.refine.training and not net.refine[2].training
@@ -104,8 +104,8 @@ def test_frozen_module_keeps_its_weights(tmp_path):
     phase = ("train.phases=[{name: only, epochs: 1, batch_size: 4, freeze: [refine],"
              " optimizer: {name: adam, lr: 0.01}, loss_weights: {coarse: 1.0, fine: 1.0}}]")
     run.seed_everything(5)
-    initial = CascadeFamily({"model": {"width": 4, "factor": 4}}).build_network().state_dict()
-    trained = _run(tmp_path, "toy_cascade", phase).net.state_dict()
+    initial = PhasedFamily({"model": {"width": 4, "factor": 4}}).build_network().state_dict()
+    trained = _run(tmp_path, "toy_phases", phase).net.state_dict()
     assert all(torch.equal(trained[k], initial[k]) for k in initial if k.startswith("refine."))
     assert not torch.equal(trained["detect.0.weight"], initial["detect.0.weight"])
 

@@ -174,3 +174,64 @@ def test_resize_shorter_rejects_maps_of_another_size() -> None:
     with pytest.raises(UserError, match=r"'bad' has shape \(1, 5, 5, 1\)"):
         predict_tiled(np.zeros((20, 30, 3), np.uint8), lambda w: {"bad": np.zeros((1, 5, 5, 1), np.float32)},
                       spec, ArraySink(20))
+
+
+def _window_means(windows: np.ndarray) -> dict[str, np.ndarray]:
+    """A classifier stand-in: (N, I, I, 3) → (N, 1) mean of channel 0 and the dense identity."""
+    return {"mean": windows[..., 0].reshape(len(windows), -1).mean(1, keepdims=True).astype(np.float32)}
+
+
+def test_per_window_vectors_give_a_grid_map_with_its_geometry() -> None:
+    from inference.tiling import ArraySink
+
+    image = np.zeros((40, 24, 3), np.uint8)
+    image[:, :, 0] = np.arange(40)[:, None] // 8 * 10  # constant within each 8-row band
+    spec = TileSpec(input_size=8, output_size=8, pad_mode="zero")
+    sink = ArraySink(40)
+    predict_tiled(image, _window_means, spec, sink, batch_size=4)
+    assert sink.maps["mean"].shape == (5, 3, 1)
+    np.testing.assert_allclose(sink.maps["mean"][:, 0, 0], [0, 10, 20, 30, 40])
+    geometry = sink.grids["mean"]
+    assert (geometry.step, geometry.size, geometry.offset) == (8.0, 8.0, 0.0)
+
+
+def test_grid_geometry_of_a_scaled_run_is_in_image_pixels() -> None:
+    from inference.tiling import ArraySink
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    sink = ArraySink(64)
+    predict_tiled(image, _window_means, TileSpec(input_size=8, output_size=8, pad_mode="zero", scale=0.5), sink)
+    assert sink.maps["mean"].shape == (4, 4, 1)
+    assert sink.grids["mean"].step == 16.0 and sink.grids["mean"].size == 16.0
+
+
+def test_grid_map_into_a_dense_only_sink_is_user_error() -> None:
+    def dense_only(row_start: int, row_stop: int, band: dict) -> None:
+        pass
+
+    with pytest.raises(UserError, match="per-window vectors"):
+        predict_tiled(np.zeros((8, 8, 3), np.uint8), _window_means, TileSpec(8, 8), dense_only)
+
+
+def test_needs_grad_family_gets_gradients_in_predict() -> None:
+    import torch
+
+    from inference.predict import infer_image
+    from tests.inference.toy_family import toy_family
+
+    class GradFamily(type(toy_family()[0])):
+        needs_grad = True
+
+        def predict(self, net, images):
+            images = images.detach().requires_grad_(True)
+            score = net(images)[:, :1].sum()
+            (grad,) = torch.autograd.grad(score, images)
+            return {"grad": grad[:, :1].abs()}
+
+    family, net = toy_family(input_size=16, output_size=16)
+    grad_family = GradFamily(family.cfg)
+    maps = infer_image(grad_family, net, np.full((20, 20, 3), 100, np.uint8), "cpu")
+    np.testing.assert_allclose(maps["grad"], 1 / 765, rtol=1e-5)  # d p / d r of p = 1 - mean / 255
+    GradFamily.needs_grad = False
+    with pytest.raises(RuntimeError):
+        infer_image(grad_family, net, np.full((20, 20, 3), 100, np.uint8), "cpu")
