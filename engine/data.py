@@ -273,13 +273,17 @@ class WeightedShardSampler(torch.utils.data.Sampler):
 
 
 def build_loader(dataset: Any, batch_size: int, info: DistInfo, seed: int, num_workers: int, device: torch.device,
-                 weights: Sequence[float] | None = None) -> DataLoader:
-    """A DataLoader over this process's shard; call ``loader.sampler.set_epoch`` every epoch.
+                 weights: Sequence[float] | None = None, batch_sampler: Any = None) -> DataLoader:
+    """A DataLoader over this process's shard; call :func:`set_loader_epoch` every epoch.
 
     The order depends only on (seed, epoch); ``batch_size`` is per process. With ``weights``
     (one per sample, the family's ``sample_weights``) samples are drawn in proportion to them
-    (:class:`WeightedShardSampler`), else each epoch is a shuffled pass over the dataset.
+    (:class:`WeightedShardSampler`), else each epoch is a shuffled pass over the dataset. A
+    ``batch_sampler`` (a family's, ``models.base.TrainingData``) replaces both and ``batch_size``.
     """
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
+                          generator=torch.Generator().manual_seed(seed), worker_init_fn=seed_worker)
     if weights is not None:
         sampler = WeightedShardSampler(weights, info.world_size, info.rank, seed)
     else:
@@ -294,3 +298,10 @@ def build_loader(dataset: Any, batch_size: int, info: DistInfo, seed: int, num_w
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=seed_worker,
     )
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tell the loader's sampler and batch sampler (those that draw per epoch) the epoch."""
+    for sampler in (loader.sampler, loader.batch_sampler):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)

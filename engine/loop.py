@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from engine import checkpoint as ckpt
-from engine.data import build_loader
+from engine.data import build_loader, set_loader_epoch
 from engine.distributed import DistInfo, barrier, mean_across
 from engine.optim import build_optimizer, build_scheduler
 from engine.records import MetricsTable, progress_bar, tensorboard_writer
@@ -41,7 +41,7 @@ from engine.validate import validate
 from loader.keys import IMAGE
 from misc.errors import UserError
 from misc.precision import autocast_dtype, channels_last_allowed
-from models.base import Family
+from models.base import Family, TrainingData
 from models.checkpoint import load_state
 from models.tasks import task_kind
 
@@ -181,6 +181,7 @@ class Setup:
     val_samples: Any
     quiet: bool = False
     sample_weights: Any = None  # (len(train_set),) sampling weights from family.sample_weights, or None
+    family_data: TrainingData | None = None  # the family's own data (Family.training_data), or None
 
 
 @dataclass
@@ -213,8 +214,10 @@ def _start_phase(setup: Setup, index: int, options: StepOptions, resume: dict | 
     name = str(phase.get("name", f"phase{index}"))
     groups = setup.family.parameter_groups(setup.net, phase)
     seed = int(cfg["train"]["seed"])
+    own = setup.family_data
+    batch_sampler = own.batch_sampler(phase, seed, info.rank, info.world_size) if own and own.batch_sampler else None
     loader = build_loader(setup.train_set, int(phase["batch_size"]), info, seed, int(cfg["data"].get("num_workers", 0)), device,
-                          weights=setup.sample_weights)
+                          weights=setup.sample_weights, batch_sampler=batch_sampler)
     optimizer = build_optimizer(groups, phase.get("optimizer") or {}, name)
     steps_per_epoch = max(1, math.ceil(len(loader) / options.accumulate))
     horizon = (lambda: int(loop.planned_epochs)) if loop.planned_epochs is not None else None
@@ -398,7 +401,8 @@ def train(setup: Setup, resume: dict | None = None) -> TrainResult:
             scores, overlays, improved = {}, [], False
             last = loop.epoch == run_epochs(phases, loop)
             if recorder and len(setup.val_samples) and (loop.epoch % val_every == 0 or last):
-                scores, overlays = validate(setup.family, net, setup.val_samples, cfg, setup.device, options.amp_dtype)
+                scores, overlays = validate(setup.family, net, setup.val_samples, cfg, setup.device, options.amp_dtype,
+                                            own_items=setup.family_data is not None)
                 if select not in scores:
                     raise UserError(f"train.select_metric '{select}' is not a validation score (have {sorted(scores)})")
                 improved = math.isfinite(scores[select]) and (loop.best_metric is None or scores[select] > loop.best_metric)
@@ -471,10 +475,11 @@ def _train_epoch(setup: Setup, state: PhaseState, loop: Loop, options: StepOptio
     """
     family, device, info = setup.family, setup.device, setup.info
     model, loader, optimizer, scaler = state.model, state.loader, state.optimizer, state.scaler
-    loader.sampler.set_epoch(loop.epoch)
+    set_loader_epoch(loader, loop.epoch)
     if hasattr(setup.train_set, "set_epoch"):
         setup.train_set.set_epoch(loop.epoch)
     loader.generator.manual_seed(int(setup.cfg["train"]["seed"]) * 100_003 + loop.epoch)
+    family.begin_epoch(setup.net, setup.train_set, loader.batch_sampler if setup.family_data else None, loop.epoch)
     family.train_mode(setup.net, state.config)
     sums: dict[str, float] = {}
     count = 0

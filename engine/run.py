@@ -8,6 +8,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -163,8 +164,11 @@ def _summary(model: str, cfg: dict, device_name: str) -> str:
 
 
 def train_one(request: RunRequest, cfg: dict, run_dir: Path, resume: dict | None,
-              previous: StageChain | None = None) -> TrainResult:
+              previous: StageChain | None = None, shared_dir: Path | None = None) -> TrainResult:
     """Train one network (a single-stage family, or one stage) into ``run_dir``.
+
+    The training data are the family's own when ``Family.training_data`` gives some, else the
+    image samples of ``cfg['data']``.
 
     Args:
         cfg: the resolved config (a stage's: ``config.stage_config``).
@@ -172,6 +176,7 @@ def train_one(request: RunRequest, cfg: dict, run_dir: Path, resume: dict | None
         previous: the earlier stages of a staged family, run on whole images (their maps
             reach the stage's samples through ``Family.previous_sample_maps`` and its
             inference through ``Family.stage_input``).
+        shared_dir: the folder every stage of a staged run shares (default ``run_dir``).
     """
     check_train_config(cfg, f"config of '{request.model}'" + (f", stage '{cfg['stage']}'" if cfg.get("stage") else ""))
     device = distributed.resolve_device(request.device, distributed.local_rank_from_env())
@@ -184,23 +189,30 @@ def train_one(request: RunRequest, cfg: dict, run_dir: Path, resume: dict | None
         if resume is None and (run_dir / "checkpoints" / "latest.pt").is_file():
             raise UserError(f"{run_dir} already holds a run (checkpoints/latest.pt); pass --resume to continue it or another --out")
         config_module.setup_logging(run_dir if info.is_main else None, request.quiet or not info.is_main, request.verbose)
-        train_samples, val_samples = build_splits(cfg["data"], int(cfg["train"]["seed"]))
-        family.norm_stats = resume.get("norm_stats") if resume is not None else family.fit_norm_stats(ImageView(train_samples))
         family.extra_state = dict(resume.get("family_state") or {}) if resume is not None else {}
-        train_set = build_train_dataset(family, train_samples, cfg, run_dir / "cache")
+        own = family.training_data(net, run_dir, shared_dir or run_dir, device)
+        if own is None:
+            train_samples, val_samples = build_splits(cfg["data"], int(cfg["train"]["seed"]))
+            norm_images: Any = ImageView(train_samples)
+            counts = {"training samples": len(train_samples), "validation samples": len(val_samples)}
+        else:
+            val_samples, norm_images = list(own.val_items), own.norm_images
+            counts = own.counts or {"training items": len(own.train_set), "validation items": len(val_samples)}
+        family.norm_stats = resume.get("norm_stats") if resume is not None else family.fit_norm_stats(norm_images)
         setup = Setup(
             family=family, net=net, cfg=cfg, run_dir=run_dir, device=device, info=info,
-            train_set=train_set, val_samples=val_samples, quiet=request.quiet,
-            sample_weights=family.sample_weights(train_samples),
+            train_set=build_train_dataset(family, train_samples, cfg, run_dir / "cache") if own is None else own.train_set,
+            val_samples=val_samples, quiet=request.quiet,
+            sample_weights=family.sample_weights(train_samples) if own is None else None, family_data=own,
         )
         if info.is_main:
             config_module.write_run_record(run_dir, cfg)
             if not len(val_samples):
                 log.warning("no validation samples (see data.val_source / data.val_fraction): only latest.pt is written")
             log.info(
-                "training %s%s (profile %s) on %s: %d training / %d validation samples, run folder %s",
+                "training %s%s (profile %s) on %s: %s, run folder %s",
                 request.model, f" stage '{cfg['stage']}'" if cfg.get("stage") else "", cfg.get("profile"), device,
-                len(train_samples), len(val_samples), run_dir,
+                ", ".join(f"{count} {name}" for name, count in counts.items()), run_dir,
             )
         return train(setup, resume)
     finally:
@@ -247,9 +259,11 @@ def _earlier_stages(request: RunRequest, out: Path, names: list[str], name: str)
     for before in earlier:
         path = stage_checkpoint(out, before)
         if path is None:
+            choices = "".join(f" --{flag} {value}" for flag, value in (("profile", request.profile), ("data", request.data),
+                                                                        ("config", request.config)) if value is not None)
             raise UserError(
                 f"stage '{name}' reads the outputs of stage '{before}', which has no checkpoint in {out}; train it "
-                f"first: python train.py --model {request.model} --out {out} --stage {before}"
+                f"first: python train.py --model {request.model}{choices} --out {out} --stage {before}"
             )
         family, net, _ = load_checkpoint(path, device)
         stages.append((family, net))
@@ -292,7 +306,7 @@ def run_stages(request: RunRequest, fresh: dict) -> TrainResult | None:
         stage_cfg = config_module.stage_config(cfg, name)
         if resume is not None:
             ckpt.check_compatible(resume, request.model, stage_cfg, latest)
-        result = train_one(request, stage_cfg, stage_dir, resume, _earlier_stages(request, out, names, name))
+        result = train_one(request, stage_cfg, stage_dir, resume, _earlier_stages(request, out, names, name), out)
     _write_stages_checkpoint(request.model, cfg, out, names)
     return result
 

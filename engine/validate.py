@@ -20,17 +20,22 @@ OVERLAY_IMAGES = 3
 
 def validate(
     family: Family, net: nn.Module, samples: Any, cfg: dict, device: torch.device, amp_dtype: torch.dtype | None,
+    own_items: bool = False,
 ) -> tuple[dict[str, float], list[np.ndarray]]:
     """Score whole validation images with the tiled inference and post-processing of
     ``infer.py``/``process.py`` (``inference.predict.infer_image``, ``family.postprocess`` at
     ``infer.mag``), then ``family.evaluate`` (the scores of the family's training task). A
     family that overrides ``calibrate`` gets every result and truth afterwards (e.g. to fit
-    decision thresholds for the next validation and the checkpoint).
+    decision thresholds for the next validation and the checkpoint). With ``own_items`` the
+    samples are a family's own validation items (``models.base.TrainingData.val_items``),
+    each scored by ``family.validate_item``.
 
     Returns:
         The mean of every score over images (NaN scores skipped) and up to
         :data:`OVERLAY_IMAGES` (H, W, 3) uint8 overlays for TensorBoard.
     """
+    if own_items:
+        return validate_items(family, net, samples, device)
     rows: list[dict[str, float]] = []
     overlays: list[np.ndarray] = []
     calibrates = type(family).calibrate is not Family.calibrate
@@ -50,3 +55,15 @@ def validate(
     if calibrates:
         family.calibrate(*kept)
     return {key: entry["mean"] for key, entry in mean_rows(rows).items()}, overlays
+
+
+def validate_items(family: Family, net: nn.Module, items: Any, device: torch.device) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Score a family's own validation items with ``family.validate_item``: the mean of every
+    score over items (NaN skipped) and up to :data:`OVERLAY_IMAGES` pictures."""
+    rows, pictures = [], []
+    for item in items:
+        scores, picture = family.validate_item(net, item, device)
+        rows.append(scores)
+        if picture is not None and len(pictures) < OVERLAY_IMAGES:
+            pictures.append(picture)
+    return {key: entry["mean"] for key, entry in mean_rows(rows).items()}, pictures

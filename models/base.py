@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -45,6 +46,59 @@ def previous_at(previous: dict[str, np.ndarray], shape: tuple[int, int]) -> dict
         for c in range(values.shape[2]):
             out[name if values.shape[2] == 1 else f"{name}_{c}"] = np.ascontiguousarray(values[..., c])
     return out
+
+
+@dataclass
+class TrainingData:
+    """Training data a family builds itself (:meth:`Family.training_data`) instead of the
+    engine's image samples (see docs/training.md, "Families that supply their own data").
+
+    Attributes:
+        train_set: a map-style dataset whose items are what a target builder returns: dicts
+            of numpy arrays or tensors, ``image`` ((H, W, 3) uint8, or (C, H, W) float) and every
+            target the loss reads; the engine collates them. A ``set_epoch(epoch)`` method, when
+            there is one, is called before every epoch.
+        val_items: what :meth:`Family.validate_item` scores after each epoch (empty: no validation).
+        batch_sampler: None (each epoch a shuffled pass over ``train_set`` in batches of the
+            phase's ``batch_size``), or ``(phase, seed, rank, world_size) -> batch sampler``: an
+            iterable of index lists (with ``set_epoch(epoch)`` when it draws per epoch) serving
+            this process, built at the start of every phase.
+        counts: named counts for the run's log line, e.g. ``{'training slides': 4, 'patches': 900}``.
+        norm_images: (H, W, 3) uint8 images for :meth:`Family.fit_norm_stats` (none: nothing to fit).
+    """
+
+    train_set: Any
+    val_items: Sequence[Any] = ()
+    batch_sampler: Callable[[dict, int, int, int], Any] | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    norm_images: Sequence[np.ndarray] = ()
+
+
+@dataclass
+class SlideMaps:
+    """What a family that infers whole slides itself (:meth:`Family.infer_slide`) found on one
+    slide; ``infer.py`` writes it (``inference.slide_semantic``).
+
+    Attributes:
+        class_map: (h, w) integer class ids covering the whole slide at ``downsample``.
+        downsample: level-0 pixels per ``class_map`` pixel (along both axes).
+        class_info: class id -> ``(name, (r, g, b))`` of ``class_map``'s classes (0 = background).
+        maps: named (h', w', C) float32 maps for the raw file ``process.py`` reads (the family's
+            ``postprocess`` and :meth:`Family.score_result` take them), with ``image`` below.
+        image: (h', w', 3) uint8 picture of the slide on the grid of ``maps``.
+        map_downsample: level-0 pixels per pixel of ``maps`` and ``image``.
+        pictures: named (h'', w''[, 3]) uint8 images written as ``<stem>.<name>.png``.
+        summary: entries added to the slide's summary JSON (e.g. areas, seconds per stage).
+    """
+
+    class_map: np.ndarray
+    downsample: float
+    class_info: dict[int, tuple[str, tuple[int, int, int]]]
+    maps: dict[str, np.ndarray]
+    image: np.ndarray
+    map_downsample: float
+    pictures: dict[str, np.ndarray] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 class Family(ABC):
@@ -135,6 +189,60 @@ class Family(ABC):
         the (H', W', C') array this stage's windows are cut from (float, 0-255 for image
         channels). Default: the image."""
         return image
+
+    def training_data(self, net: nn.Module, run_dir: Path, shared_dir: Path,
+                      device: torch.device) -> TrainingData | None:
+        """Training data the family builds itself for a run (or a stage), or None (default):
+        the engine's image samples of ``data`` (``engine.data.build_splits``) through
+        :meth:`target_builder`, validated with tiled inference.
+
+        Args:
+            net: the run's network (on ``device``), e.g. to take weights of an earlier stage
+                from :attr:`previous` or to compute features.
+            run_dir: the run's (the stage's) folder, for caches that belong to it.
+            shared_dir: a folder shared by all stages of a staged run (the run folder otherwise),
+                for data every stage reads (e.g. a generated cohort).
+        """
+        return None
+
+    def begin_epoch(self, net: nn.Module, train_set: Any, batch_sampler: Any, epoch: int) -> None:
+        """Called before every training epoch (0-based ``epoch``, resumed runs included) with the
+        run's network, its training dataset and the loader's batch sampler (from
+        :attr:`TrainingData.batch_sampler`, else None), e.g. to recompute sampling clusters with
+        the current network. Default: nothing."""
+
+    def validate_item(self, net: nn.Module, item: Any, device: torch.device) -> tuple[dict[str, float], np.ndarray | None]:
+        """Scores of one validation item of :attr:`TrainingData.val_items` (larger is better for
+        every key; ``train.select_metric`` picks one) and an optional (H, W, 3) uint8 picture
+        for TensorBoard. Needed only by families whose :meth:`training_data` has validation items.
+
+        Raises:
+            UserError: the family supplies validation items but does not score them.
+        """
+        raise UserError(f"family '{self.name}' supplies validation items but does not score them (Family.validate_item)")
+
+    def infer_slide(self, net: nn.Module, slide: Any, device: torch.device, tissue: np.ndarray | None = None) -> SlideMaps | None:
+        """A whole slide inferred by the family itself, or None (default): ``infer.py`` tiles the
+        slide and runs :meth:`predict` on its windows (``inference.slide``).
+
+        Args:
+            slide: an open ``loader.slide.Slide`` (``mpp``, ``dimensions``, ``view(mpp)``).
+            tissue: a (h, w) bool tissue mask covering the slide (``--mask``), or None.
+        """
+        return None
+
+    def score_result(self, maps: dict[str, np.ndarray], name: str, gt: str, slide: dict[str, Any]) -> dict[str, float] | None:
+        """``process.py --gt``: the family's own scores of one raw prediction, or None (default):
+        the scorer of the family's task.
+
+        Args:
+            maps: the raw file's named (H, W, C) float32 maps.
+            name: the image's (slide's) stem, to find its ground truth in ``gt``.
+            gt: the ``--gt`` argument.
+            slide: the raw file's slide geometry (level-0 ``dimensions``, ``mpp``, ``map_downsample``),
+                empty for an image.
+        """
+        return None
 
     @classmethod
     def default_config_path(cls) -> Path | None:

@@ -13,6 +13,10 @@
   ``detect`` is a classifier of 8x8 windows slid over the image (a foreground heatmap with one
   value per window); stage ``refine`` segments foreground from the image plus the detect
   heatmap upsampled to it, with its own window, data crops and phases.
+- ``toy_owndata`` (task ``semantic``): supplies its own training data (``Family.training_data``):
+  bright and dark 8x8 patches it makes itself, batches balanced over the two classes by its own
+  batch sampler, an epoch hook that records the epochs it saw, and validation items (groups of
+  patches) scored by its ``validate_item``.
 
 Setting ``TOY_STEP_SLEEP`` (seconds) slows every training step, so that a test can kill a
 run mid-epoch; it changes no number.
@@ -32,7 +36,7 @@ from skimage.measure import label
 from torch import nn
 
 from models import register_family
-from models.base import Family, previous_at
+from models.base import Family, TrainingData, previous_at
 
 HERE = Path(__file__).resolve().parent
 
@@ -293,6 +297,97 @@ class CascadeFamily(Family):
         return (padded.reshape(rows, step, cols, step).mean((1, 3)) >= 0.5).astype(np.int32)
 
 
+class BrightPatches(torch.utils.data.Dataset):
+    """``n`` 8x8 patches of ``toy_owndata``: class 1 bright (mean 200), class 0 dark (mean 60),
+    one in three bright; items ``{'image': (3, 8, 8) float32 0-255, 'label': int64}``."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.labels = (np.arange(n) % 3 == 0).astype(np.int64)
+        self.images = (np.where(self.labels, 200.0, 60.0)[:, None, None, None]
+                       + rng.normal(0, 20, (n, 3, 8, 8))).clip(0, 255).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": torch.from_numpy(self.images[i]), "label": torch.tensor(self.labels[i])}
+
+
+class BalancedBatches:
+    """Batches of ``size`` indices, half of each class, ``batches`` per epoch, drawn from ``seed + epoch``."""
+
+    def __init__(self, labels: np.ndarray, size: int, batches: int, seed: int) -> None:
+        self.groups = [np.flatnonzero(labels == c) for c in (0, 1)]
+        self.size, self.batches, self.seed, self.epoch = size, batches, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        for _ in range(self.batches):
+            yield np.concatenate([rng.choice(g, self.size // 2) for g in self.groups]).tolist()
+
+
+class OwnDataFamily(Family):
+    """A bright/dark patch classifier that builds its training and validation data itself."""
+
+    name = "toy_owndata"
+    task = "semantic"
+
+    @classmethod
+    def default_config_path(cls) -> Path:
+        return HERE / "toy_owndata.yaml"
+
+    def build_network(self) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+    def target_builder(self) -> Callable[[dict], dict[str, np.ndarray]]:
+        raise AssertionError("toy_owndata supplies its own training arrays")
+
+    def training_data(self, net: nn.Module, run_dir: Path, shared_dir: Path, device: torch.device) -> TrainingData:
+        data = self.cfg["data"]
+        train = BrightPatches(int(data["n"]), int(self.cfg["train"]["seed"]))
+        val = [BrightPatches(12, 1000 + i) for i in range(2)]
+
+        def sampler(phase: dict, seed: int, rank: int, world: int) -> BalancedBatches:
+            return BalancedBatches(train.labels, int(phase["batch_size"]), int(phase["batches_per_epoch"]), seed + rank)
+
+        (shared_dir / "toy_owndata.shared").write_text(str(run_dir))
+        return TrainingData(train, val, sampler, {"patches": len(train), "validation groups": len(val)})
+
+    def begin_epoch(self, net: nn.Module, train_set: Any, batch_sampler: Any, epoch: int) -> None:
+        self.extra_state.setdefault("epochs", []).append(epoch)
+        self.extra_state["sampler"] = type(batch_sampler).__name__
+
+    def validate_item(self, net: nn.Module, item: BrightPatches, device: torch.device) -> tuple[dict[str, float], None]:
+        net.eval()
+        with torch.no_grad():
+            predicted = net(torch.from_numpy(item.images).to(device) / 255.0).argmax(1).cpu().numpy()
+        return {"accuracy": float((predicted == item.labels).mean())}, None
+
+    def forward(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        _pause()
+        return {"logits": net(batch["image"] / 255.0)}
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+             weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        term = F.cross_entropy(outputs["logits"], batch["label"])
+        return weights["ce"] * term, {"ce": term}
+
+    def predict(self, net: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(N, 1) bright-class probability per window."""
+        return {"bright_prob": net(images / 255.0).softmax(1)[:, 1:2]}
+
+    def postprocess(self, raw: dict[str, np.ndarray], **options: Any) -> dict[str, Any]:
+        return {"class_map": (raw["bright_prob"][..., 0] >= 0.5).astype(np.int32)}
+
+
+register_family(OwnDataFamily.name, OwnDataFamily)
 register_family(PatchClassifierFamily.name, PatchClassifierFamily)
 register_family(PhasedFamily.name, PhasedFamily)
 register_family(CascadeFamily.name, CascadeFamily)
