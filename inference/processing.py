@@ -87,6 +87,7 @@ class ImageOutcome:
     info_source: str = ""
     multilabel: bool = True
     counts: np.ndarray | None = None
+    scores: dict[str, float] | None = None  # the family's own scores against --gt (Family.score_result), or None
 
 
 def process_image(
@@ -97,6 +98,7 @@ def process_image(
     keep_maps: bool,
     mpp: float | None = None,
     count_crop: int | None = None,
+    gt: str | None = None,
 ) -> ImageOutcome:
     """Post-process one raw prediction with its family's hook and write the formats of its task.
 
@@ -110,6 +112,7 @@ def process_image(
         mpp: pixel size in µm (None: ``infer.mpp`` of the stored config, if any).
         count_crop: instance results count their nuclei per type (:func:`composition`) in the
             central square of this side (None: the whole image).
+        gt: ``--gt``, for a family that scores its results itself (``Family.score_result``).
 
     Raises:
         UserError: formats the task does not write, class ids outside the class info.
@@ -137,11 +140,15 @@ def process_image(
         patch_class_names(class_info, len(np.ravel(result["class_prob"])))
     if mpp is None:
         mpp = raw.config.get("infer", {}).get("mpp")
+    if mpp is None and raw.slide:
+        mpp = float(raw.slide["mpp"]) * float(raw.slide["map_downsample"])
     rows = kind.write(output_dir, raw.name, result, raw.image, raw.mag, formats, class_info, mpp)
     outcome = ImageOutcome(raw.name, raw.mag, task, rows=rows, class_info=class_info, info_source=info_source,
                            multilabel=family.multilabel)
     if task == "instance":
         outcome.counts = composition(result["inst_map"], result.get("type_map"), count_crop)
+    if gt is not None:
+        outcome.scores = family.score_result(raw.maps, raw.name, gt, raw.slide)
     if keep_maps:
         if task == "instance":
             outcome.keep = (np.asarray(result["inst_map"]), result.get("type_map"))
@@ -245,9 +252,24 @@ def write_set_tables(output_dir: Path, outcomes: list[ImageOutcome]) -> list[Pat
     return written
 
 
+def score_family_rows(gt: str, outcomes: list[ImageOutcome], output_dir: Path) -> list[Path]:
+    """The families' own per-image scores (``Family.score_result``), their means over images
+    (NaN left out), printed and written to ``metrics.csv`` and ``metrics.json``."""
+    rows = [{"name": o.name, **o.scores} for o in sorted(outcomes, key=lambda o: o.name)]
+    means = mean_rows({k: v for k, v in row.items() if k != "name"} for row in rows)
+    print_table(rows, means, {})
+    csv_path = output_dir / "metrics.csv"
+    return [csv_path, write_results(csv_path, rows, means, {}, {"gt": gt, "scored_by": "family"})]
+
+
 def score_outcomes(gt: str, outcomes: list[ImageOutcome], output_dir: Path, count_crop: int | None = None) -> list[Path]:
     """Score the processed images against ``gt`` with their task's scorer (one task per run);
     ``count_crop`` is the central square whose nuclei count for the R² of typed instances."""
+    own = [o for o in outcomes if o.scores is not None]
+    if own:
+        if len(own) != len(outcomes):
+            raise UserError("some raw files are scored by their family and others by their task; score them apart")
+        return score_family_rows(gt, own, output_dir)
     tasks = sorted({o.task for o in outcomes})
     if len(tasks) > 1:
         raise UserError(f"the raw files hold results of several tasks {tasks}; score one task per run")
@@ -311,7 +333,7 @@ def process_folder(
     refs = find_raw(input_path)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    args = (output_dir, formats, type_info, gt is not None, mpp, count_crop)
+    args = (output_dir, formats, type_info, gt is not None, mpp, count_crop, gt)
     report = ProcessReport()
     outcomes: list[ImageOutcome] = []
     with contextlib.ExitStack() as stack:

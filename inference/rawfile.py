@@ -8,8 +8,10 @@ every map the family's ``predict`` emits, as (H, W, C) float32 (``np_prob``, ``h
 something to record: ``members`` (an ensemble's JSON text of each checkpoint's family and path,
 :mod:`inference.ensemble`), ``grids`` (JSON text ``{map name: {step, size, offset}}``, the
 image-pixel geometry of maps that hold one value per window, see
-:class:`inference.tiling.GridGeometry`) and ``family_state`` (JSON text of the family's fitted
-state, e.g. per-class thresholds). ``find_raw`` and ``RawRef.load`` read them back.
+:class:`inference.tiling.GridGeometry`), ``family_state`` (JSON text of the family's fitted
+state, e.g. per-class thresholds) and ``slide`` (JSON text of a whole slide's geometry when the
+maps cover one: level-0 ``dimensions`` (W, H), ``mpp`` and ``map_downsample``, level-0 pixels per
+map pixel; :mod:`inference.slide_semantic`). ``find_raw`` and ``RawRef.load`` read them back.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from misc.errors import UserError
 META_NAMES = ("family", "config", "mag", "source", "image")
 #: Metadata that only some raw files hold: an ensemble's members.
 MEMBERS_NAME = "members"
-OPTIONAL_META = (MEMBERS_NAME, "grids", "family_state")
+OPTIONAL_META = (MEMBERS_NAME, "grids", "family_state", "slide")
 
 
 H5_NAME = "raw.h5"
@@ -160,6 +162,7 @@ class RawPrediction:
         members: an ensemble's ``[{'family', 'checkpoint'}, ...]``; empty for one checkpoint.
         grids: ``{map name: {step, size, offset}}`` of the maps with one value per window.
         family_state: the family's fitted state at inference (``Family.extra_state``).
+        slide: a whole slide's geometry (``dimensions``, ``mpp``, ``map_downsample``); empty for an image.
     """
 
     name: str
@@ -172,6 +175,7 @@ class RawPrediction:
     members: list[dict] = field(default_factory=list)
     grids: dict = field(default_factory=dict)
     family_state: dict = field(default_factory=dict)
+    slide: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -223,11 +227,14 @@ class RawRef:
             members=json.loads(str(meta[MEMBERS_NAME])) if meta.get(MEMBERS_NAME) is not None else [],
             grids=json.loads(str(meta["grids"])) if meta.get("grids") is not None else {},
             family_state=json.loads(str(meta["family_state"])) if meta.get("family_state") is not None else {},
+            slide=json.loads(str(meta["slide"])) if meta.get("slide") is not None else {},
         )
 
 
 def find_raw(input_path: str | os.PathLike) -> list[RawRef]:
-    """Raw predictions under ``input_path``: a folder of ``.npz`` (and/or ``raw.h5``) or one file.
+    """Raw predictions under ``input_path``: a folder of ``.npz`` (and/or ``raw.h5``), and the
+    slide folders ``<stem>/<stem>.npz`` in it (``infer.py`` on slides of a family that infers
+    slides itself), or one file.
 
     Only complete ``.h5`` groups are listed.
 
@@ -237,6 +244,7 @@ def find_raw(input_path: str | os.PathLike) -> list[RawRef]:
     input_path = Path(input_path)
     if input_path.is_dir():
         files = sorted(p for p in input_path.iterdir() if p.is_file() and p.suffix.lower() in (".npz", ".h5"))
+        files += sorted(p / f"{p.name}.npz" for p in input_path.iterdir() if (p / f"{p.name}.npz").is_file())
     elif input_path.is_file():
         files = [input_path]
     else:

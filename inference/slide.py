@@ -58,11 +58,13 @@ from tqdm import tqdm
 
 from inference.folder import write_failure
 from inference.predict import family_predictor, inference_precision
+from inference.slide_semantic import run_family_slide
 from inference.tiling import AxisPlan, TileSpec, plan_axis
 from loader.slide import RegionError, Slide, SlideView, open_slide
 from loader.tissue import load_mask, mask_mpp_for, tissue_mask
 from misc.errors import UserError
 from misc.io import atomic_write, write_image
+from models.base import Family
 from postproc.formats import PALETTE, UNTYPED_CLASS, TypeInfo, pixel_edge_ring, type_class
 from postproc.nucleidb import NucleiWriter, polygon_wkb
 from postproc.pyramid import write_pyramid_tiff
@@ -696,6 +698,11 @@ def _run_slide(family: Any, net: nn.Module, slide_path: str | os.PathLike, outpu
         slide.close()
         log.info("%s: already done (%s exists)", slide.path, summary_path)
         return SlideResult(slide.path, out_dir, True, json.loads(summary_path.read_text()))
+    if type(family).infer_slide is not Family.infer_slide:  # the family infers the whole slide itself
+        try:
+            return SlideResult(slide.path, out_dir, False, run_family_slide(family, net, slide, out_dir, device, options.mask))
+        finally:
+            slide.close()
     infer_cfg = family.cfg["infer"]
     net_mpp = network_mpp(infer_cfg)
     spec = dataclasses.replace(TileSpec.from_config(infer_cfg), scale=1.0)
@@ -945,7 +952,9 @@ def run_slides(family: Any, net: nn.Module, paths: list[Path], output_dir: str |
         result = run_slide(family, net, path, output_dir, device, options)
         if not result.skipped:
             summary = result.summary
-            log.info("%s: %d nuclei in %.3f mm² of tissue, %.1f s; outputs in %s", path.name, summary["nuclei"],
+            found = (f"{summary['nuclei']} nuclei" if "nuclei" in summary else
+                     ", ".join(f"{name} {entry['area_mm2']:.3f} mm²" for name, entry in summary.get("classes", {}).items()))
+            log.info("%s: %s in %.3f mm² of tissue, %.1f s; outputs in %s", path.name, found,
                      summary["tissue_mm2"], summary["seconds"]["total"], result.output_dir)
         results.append(result)
     return results

@@ -82,6 +82,8 @@ class SlideMaps:
     Attributes:
         class_map: (h, w) integer class ids covering the whole slide at ``downsample``.
         downsample: level-0 pixels per ``class_map`` pixel (along both axes).
+        tiff_downsample: level-0 pixels per pixel of the class-map TIFF (the class map upsampled
+            by nearest neighbours; at most ``downsample``).
         class_info: class id -> ``(name, (r, g, b))`` of ``class_map``'s classes (0 = background).
         maps: named (h', w', C) float32 maps for the raw file ``process.py`` reads (the family's
             ``postprocess`` and :meth:`Family.score_result` take them), with ``image`` below.
@@ -93,6 +95,7 @@ class SlideMaps:
 
     class_map: np.ndarray
     downsample: float
+    tiff_downsample: float
     class_info: dict[int, tuple[str, tuple[int, int, int]]]
     maps: dict[str, np.ndarray]
     image: np.ndarray

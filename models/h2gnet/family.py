@@ -16,7 +16,11 @@ threshold}; ``postproc`` {threshold}.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -25,21 +29,63 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loader.slide import open_slide
 from metrics.region import region_scores
 from misc.errors import UserError
-from models.base import Family
+from misc.io import atomic_path
+from models.base import Family, SlideMaps, TrainingData
 from models.h2gnet.augment import Augment
-from models.h2gnet.cascade import CascadeResult, CascadeSettings, run_cascade
+from models.h2gnet.cascade import (
+    CascadeResult, CascadeSettings, detect_heatmap, heatmap_on_grid, refine, run_cascade, thumbnail_on_grid, truth_on_grid,
+)
+from models.h2gnet.cohort import cohort_file, find_truth, split_slides, truth_file
+from models.h2gnet.grid import Placement
 from models.h2gnet.loss import cluster_weighted_ce, soft_dice_loss
 from models.h2gnet.mobilenet import MobileNetV2, load_imagenet_weights
 from models.h2gnet.patches import DetectPatches, PatchSettings, PatchTable, label_slide
 from models.h2gnet.refine_data import RefineSamples, cached_example, make_example
 from models.h2gnet.sampler import HierarchicalBatchSampler, kmeans, standardise_pca
-from models.h2gnet.slides import SlideLike
+from models.h2gnet.slides import SlideLike, level0_shape
 from models.h2gnet.tissue import slide_tissue
 from models.h2gnet.unet import INPUT_CHANNELS, RefineUNet
 
 STAGES = ("detect", "refine")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ValidationSlide:
+    """A validation slide of the detection stage, with what does not change between epochs
+    (tissue mask, thumbnail and truth on the refinement grid) computed at the first validation."""
+
+    name: str
+    slide: SlideLike
+    annotation: str
+    tissue: np.ndarray | None = None
+    thumbnail: np.ndarray | None = None
+    truth: np.ndarray | None = None
+
+
+def state_digest(module: nn.Module) -> str:
+    """12 hex digits identifying a module's weights (names, shapes and values)."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(tensor.detach().cpu().numpy()).tobytes())
+    return digest.hexdigest()[:12]
+
+
+def uint8_image(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float RGB 0-1 as uint8 0-255."""
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
+def heatmap_picture(values: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB picture of an (H, W) 0-1 map: blue (0) through green to red (1)."""
+    scaled = np.clip(np.asarray(values, np.float32), 0.0, 1.0)
+    rgb = np.stack([np.clip(2 * scaled - 1, 0, 1), 1 - np.abs(2 * scaled - 1), np.clip(1 - 2 * scaled, 0, 1)], axis=-1)
+    return uint8_image(rgb)
 
 
 class H2GNet(nn.Module):
@@ -159,7 +205,11 @@ class H2GNetFamily(Family):
         return picture.astype(np.uint8)
 
     def example_input(self) -> torch.Tensor:
-        """A (1, 3, P, P) detection patch for ``--summary``."""
+        """For ``--summary``: a (1, 4, S, S) refinement grid for stage ``refine``, else a
+        (1, 3, P, P) detection patch."""
+        if self.stage == "refine":
+            grid = int(self.cfg["model"]["refine"]["grid"])
+            return torch.zeros(1, INPUT_CHANNELS, grid, grid)
         size = int(self.cfg["data"]["detect"]["size"])
         return torch.zeros(1, 3, size, size)
 
@@ -230,14 +280,14 @@ class H2GNetFamily(Family):
         sampler.set_levels([data.table.slide, data.table.label, clusters])
         return clusters
 
-    def detect_data(self, slides: Sequence[SlideLike], annotations: Sequence[str | os.PathLike], phase: dict,
-                    seed: int = 0) -> tuple[DetectPatches, HierarchicalBatchSampler]:
-        """The detection stage's training set and its balanced batch sampler.
+    def detect_patches(self, slides: Sequence[SlideLike], annotations: Sequence[str | os.PathLike],
+                       seed: int = 0) -> DetectPatches:
+        """The detection stage's training set: the labelled candidate patches of the slides.
 
         Args:
             slides: the training slides.
             annotations: per slide, its QuPath GeoJSON or whole-slide tumour mask image.
-            phase: the ``detect`` phase (``batch_size``, ``batches_per_epoch``).
+            seed: augmentation seed.
 
         Raises:
             UserError: a bad annotation (see :func:`models.h2gnet.patches.tumour_polygons`), or no
@@ -254,8 +304,22 @@ class H2GNetFamily(Family):
         if counts.min() == 0:
             raise UserError(f"the training slides have {counts[0]} non-tumour and {counts[1]} tumour patches; "
                             "the detection stage needs both (check the annotations and data.detect)")
-        data = DetectPatches(slides, table, settings.mpp, settings.size, self.detect_augment(), seed)
-        return data, self.detect_sampler(table, int(phase["batch_size"]), int(phase["batches_per_epoch"]), seed)
+        return DetectPatches(slides, table, settings.mpp, settings.size, self.detect_augment(), seed)
+
+    def detect_data(self, slides: Sequence[SlideLike], annotations: Sequence[str | os.PathLike], phase: dict,
+                    seed: int = 0) -> tuple[DetectPatches, HierarchicalBatchSampler]:
+        """:meth:`detect_patches` and the balanced batch sampler of ``phase`` (:meth:`detect_batches`)."""
+        data = self.detect_patches(slides, annotations, seed)
+        return data, self.detect_batches(data, phase, seed)
+
+    def detect_batches(self, data: DetectPatches, phase: dict, seed: int) -> HierarchicalBatchSampler:
+        """The balanced batch sampler of a detection phase over ``data`` with its current clusters:
+        ``batch_size`` patches a batch, ``batches_per_epoch`` batches (0: as many as make one
+        pass over the candidate patches)."""
+        size = int(phase["batch_size"])
+        batches = int(phase.get("batches_per_epoch") or 0) or max(1, len(data) // size)
+        table = data.table
+        return HierarchicalBatchSampler([table.slide, table.label, data.clusters], size, batches, seed)
 
     def refine_data(self, net: H2GNet, slides: Sequence[SlideLike], annotations: Sequence[str | os.PathLike],
                     cache: str | os.PathLike | None = None, names: Sequence[str] | None = None,
@@ -294,3 +358,148 @@ class H2GNetFamily(Family):
         """Both stages on one slide with this configuration's settings (networks put in eval mode)."""
         net.eval()
         return run_cascade(net.detect, net.refine, slide, self.cascade_settings(), device, tissue)
+
+    # --- training through train.py (Family.training_data) -----------------------------------
+
+    def training_data(self, net: nn.Module, run_dir: Path, shared_dir: Path, device: torch.device) -> TrainingData:
+        """The stage's data from the cohort of ``data.source`` (a synthetic cohort is written once
+        into ``shared_dir/cohort``): stage ``detect`` gets the training slides' candidate patches,
+        its balanced batch sampler and the validation slides; stage ``refine`` the training and
+        validation slides on the refinement grid with the detection stage's heatmaps (cached in
+        ``run_dir/cache``).
+
+        Raises:
+            UserError: no training slides, bad annotations, or ``refine`` before ``detect``.
+        """
+        record = cohort_file(self.cfg["data"], shared_dir)
+        splits = split_slides(record, ("train", "val"))
+        if not splits["train"]:
+            raise UserError(f"{record}: no training slides (split 'train')")
+        label, mpp = str(self.cfg["data"]["label"]), self.cfg["data"].get("slide_mpp")
+        train, val = ([(entry.name, open_slide(entry.slide, mpp), truth_file(entry, label)) for entry in splits[split]]
+                      for split in ("train", "val"))
+        if self.stage == "refine":
+            return self._refine_training(net, run_dir, train, val, device)
+        if self.stage != "detect":
+            raise UserError(f"H2G-Net trains stage by stage ({', '.join(STAGES)}); got stage {self.stage!r}")
+        return self._detect_training(run_dir, train, val)
+
+    def _detect_training(self, run_dir: Path, train: list, val: list) -> TrainingData:
+        """Candidate patches of the training slides, their batch sampler, the validation slides."""
+        seed = int(self.cfg["train"]["seed"])
+        data = self.detect_patches([slide for _, slide, _ in train], [truth for *_, truth in train], seed)
+        self._clusters_file = run_dir / "cache" / "clusters.npz"
+        self._clustered = False
+        counts = {"training slides": len(train), "candidate patches": len(data),
+                  "tumour patches": int(data.table.label.sum()), "validation slides": len(val)}
+        batches = functools.partial(self._phase_batches, data)
+        return TrainingData(data, [ValidationSlide(*entry) for entry in val], batches, counts)
+
+    def _phase_batches(self, data: DetectPatches, phase: dict, seed: int, rank: int, world_size: int) -> HierarchicalBatchSampler:
+        """:meth:`detect_batches` for process ``rank`` (its own draws)."""
+        return self.detect_batches(data, phase, seed + 7919 * rank)
+
+    def _refine_training(self, net: H2GNet, run_dir: Path, train: list, val: list, device: torch.device) -> TrainingData:
+        """The refinement examples of the training (augmented) and validation slides, with the
+        detector of the earlier stage (copied into ``net``, so the stage's checkpoint holds the
+        whole cascade) and its heatmaps cached under ``run_dir/cache/heatmaps-<weights digest>``."""
+        stages = getattr(self.previous, "stages", None)
+        if not stages:
+            self.check_refine_prerequisite([], str(run_dir))
+        net.detect.load_state_dict(stages[-1][1].detect.state_dict())
+        cache = run_dir / "cache" / f"heatmaps-{state_digest(net.detect)}"
+        log.info("refinement grids of %d training and %d validation slides with the detection stage's heatmaps (cache %s)",
+                 len(train), len(val), cache)
+        samples = self.refine_data(net, [s for _, s, _ in train], [t for *_, t in train], cache, [n for n, *_ in train],
+                                   augment=True, device=device)
+        checks = self.refine_data(net, [s for _, s, _ in val], [t for *_, t in val], cache, [n for n, *_ in val],
+                                  augment=False, device=device).examples if val else []
+        counts = {"training slides": len(train), "validation slides": len(val)}
+        return TrainingData(samples, checks, None, counts)
+
+    def begin_epoch(self, net: nn.Module, train_set: Any, batch_sampler: Any, epoch: int) -> None:
+        """Detection stage: the k-means clusters before ``epoch`` (:meth:`reclusters_at`), written
+        to the run's ``cache/clusters.npz``; a resumed run reads the last ones back."""
+        if not isinstance(train_set, DetectPatches):
+            return
+        path = self._clusters_file
+        if not self.reclusters_at(epoch) and self._clustered:
+            return
+        if not self.reclusters_at(epoch) and path.is_file():
+            with np.load(path, allow_pickle=False) as saved:
+                clusters = saved["clusters"]
+            if len(clusters) == len(train_set):
+                train_set.clusters = clusters.astype(np.int64)
+                batch_sampler.set_levels([train_set.table.slide, train_set.table.label, train_set.clusters])
+                self._clustered = True
+                return
+        clusters = self.update_clusters(net.detect, train_set, batch_sampler, seed=epoch)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, clusters=clusters, epoch=np.array(epoch))
+        self._clustered = True
+        log.info("k-means clusters before epoch %d: %s patches per cluster", epoch + 1,
+                 np.bincount(clusters, minlength=int(self.cfg["sampler"]["clusters"])).tolist())
+
+    def validate_item(self, net: nn.Module, item: Any, device: torch.device) -> tuple[dict[str, float], np.ndarray | None]:
+        """DSC, precision and recall on the refinement grid of one validation slide: the
+        patch-wise heatmap at ``infer.threshold`` (stage ``detect``) or the refined mask
+        (stage ``refine``); and the slide's thumbnail with the tumour found tinted."""
+        net.eval()
+        settings = self.cascade_settings()
+        if isinstance(item, ValidationSlide):
+            if item.truth is None:
+                item.tissue = slide_tissue(item.slide, settings.tissue_mpp)
+                thumbnail, placement = thumbnail_on_grid(item.slide, settings.grid)
+                item.thumbnail = uint8_image(thumbnail[: placement.rows, : placement.cols])
+                item.truth = truth_on_grid(item.annotation, level0_shape(item.slide), placement,
+                                           self.patch_settings().tumour_classes)
+            heatmap, step0 = detect_heatmap(net.detect, item.slide, item.tissue, settings, device)
+            grid_map, placement = heatmap_on_grid(heatmap, step0, level0_shape(item.slide), settings.grid)
+            found = grid_map[: placement.rows, : placement.cols] >= settings.threshold
+            return region_scores(item.truth, found), self.overlay(item.thumbnail, {"class_map": found})
+        found = refine(net.refine, item.thumbnail, item.heatmap, device) >= settings.threshold
+        return region_scores(item.mask, found), self.overlay(uint8_image(item.thumbnail), {"class_map": found})
+
+    # --- slides through infer.py and process.py ---------------------------------------------
+
+    def infer_slide(self, net: nn.Module, slide: Any, device: torch.device, tissue: np.ndarray | None = None) -> SlideMaps:
+        """The cascade on one slide: the refined tumour mask on the grid (TIFF at ``infer.mask_mpp``),
+        the grid's maps for ``process.py`` (``tumour_prob`` refined, ``heatmap`` patch-wise), the
+        heatmap and tissue pictures, and the cascade's areas and seconds per stage."""
+        result = self.run_cascade(net, slide, device, tissue)
+        rows, cols = result.placement.rows, result.placement.cols
+        downsample = max(level0_shape(slide)) / result.placement.size
+        mask_mpp = float((self.cfg.get("infer") or {}).get("mask_mpp") or slide.mpp * downsample)
+        summary = result.summary(slide)
+        summary["seconds"] = {key: round(value, 3) for key, value in summary["seconds"].items()}
+        summary["refinement_grid"] = {"size": result.placement.size, "rows": rows, "cols": cols, "downsample": downsample}
+        return SlideMaps(
+            class_map=result.refined_mask.astype(np.uint8), downsample=downsample, class_info=self.class_info() or {0: ("background", (0, 0, 0)), 1: ("Tumor", (200, 0, 0))},
+            tiff_downsample=min(downsample, max(1.0, mask_mpp / slide.mpp)),
+            maps={"tumour_prob": result.refined[:rows, :cols, None], "heatmap": result.heatmap_grid[:rows, :cols, None]},
+            image=uint8_image(result.thumbnail[:rows, :cols]), map_downsample=downsample,
+            pictures={"heatmap": heatmap_picture(result.heatmap), "tissue": np.uint8(255) * result.tissue.astype(np.uint8)},
+            summary=summary)
+
+    def score_result(self, maps: dict[str, np.ndarray], name: str, gt: str, slide: dict[str, Any]) -> dict[str, float]:
+        """Per-slide DSC, precision and recall on the refinement grid (the paper's protocol) of
+        the patch-wise heatmap at ``infer.threshold`` (``patchwise_*``) and of the refined mask
+        (``refined_*``), against the slide's annotation or mask in ``gt`` (a cohort or a folder,
+        see :func:`models.h2gnet.cohort.find_truth`).
+
+        Raises:
+            UserError: a raw file without the slide geometry or the maps, or no truth for the slide.
+        """
+        if not slide.get("dimensions") or "tumour_prob" not in maps or "heatmap" not in maps:
+            raise UserError(f"'{name}': not an H2G-Net slide result (write it with infer.py --input SLIDE)")
+        width, height = (int(v) for v in slide["dimensions"])
+        rows, cols = maps["tumour_prob"].shape[:2]
+        placement = Placement(int(self.cfg["model"]["refine"]["grid"]), rows, cols)
+        truth = truth_on_grid(find_truth(gt, name, str(self.cfg["data"]["label"])), (height, width), placement,
+                              self.patch_settings().tumour_classes)
+        threshold = self.cascade_settings().threshold
+        scores = {}
+        for kind, key in (("patchwise", "heatmap"), ("refined", "tumour_prob")):
+            found = maps[key][..., 0] >= threshold
+            scores.update({f"{kind}_{metric}": value for metric, value in region_scores(truth, found).items()})
+        return scores
