@@ -102,7 +102,7 @@ def write_slide_class_map(out_dir: str | os.PathLike, stem: str, class_map: np.n
         tiff_downsample: level-0 pixels per TIFF pixel (at most ``downsample``; None: ``downsample``).
 
     Returns:
-        ``{'classes': {name: {'pixels', 'area_mm2'}}, 'tiff_mpp': µm per TIFF pixel}``.
+        ``{'classes': {name: {'pixels', 'area_mm2'}} (every class but 0), 'tiff_mpp': µm per TIFF pixel}``.
 
     Raises:
         UserError: class ids outside ``class_info`` or 0..255, or a TIFF finer than level 0.
@@ -125,7 +125,7 @@ def write_slide_class_map(out_dir: str | os.PathLike, stem: str, class_map: np.n
     counts = np.bincount(class_map.ravel().astype(np.int64), minlength=max(class_info) + 1)
     pixel_mm2 = (downsample * slide_mpp) ** 2 / 1e6
     classes = {name: {"pixels": int(counts[cid]), "area_mm2": float(counts[cid] * pixel_mm2)}
-               for cid, (name, _) in sorted(class_info.items())}
+               for cid, (name, _) in sorted(class_info.items()) if cid != 0}
     return {"classes": classes, "tiff_mpp": slide_mpp * tiff_downsample}
 
 
