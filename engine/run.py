@@ -286,6 +286,8 @@ def run_stages(request: RunRequest, fresh: dict) -> TrainResult | None:
         raise UserError("--resume of a staged run needs --out RUN_DIR")
     out = Path(request.out) if request.out is not None else default_run_dir(request.model)
     cfg = _pipeline_config(request, fresh, out)
+    if request.data is not None:
+        cfg["data"]["source"] = request.data
     names = config_module.stage_names(cfg)
     if request.stage is not None and request.stage not in names:
         raise UserError(f"--stage {request.stage}: family '{request.model}' has the stages {names}")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from config import load_config
+from config import load_config, stage_config, stage_names
 from loader.synthetic_tumour import TumourSlide
 from misc.errors import UserError
 from models import get_family
@@ -36,7 +36,8 @@ def test_registered_and_every_profile_builds(profile):
     net = H2GNetFamily(cfg).build_network()
     assert isinstance(net, H2GNet)
     assert int(cfg["model"]["refine"]["grid"]) % net.refine.multiple == 0
-    assert [phase["stage"] for phase in cfg["train"]["phases"]] == ["detect", "refine"]
+    assert stage_names(cfg) == ["detect", "refine"]
+    assert [stage_config(cfg, name)["train"]["phases"][0]["freeze"] for name in stage_names(cfg)] == [["refine"], ["detect"]]
 
 
 def test_grid_not_a_multiple_of_the_depth():
@@ -76,6 +77,8 @@ def test_targets_predict_postprocess_evaluate():
     assert scores == pytest.approx({"dsc": 2 / 3, "precision": 0.5, "recall": 1.0})
     assert fam.overlay(np.zeros((2, 2, 3), np.uint8), result)[0, 1, 0] > 100
     assert fam.example_input().shape == (1, 3, 32, 32)
+    refine = H2GNetFamily(stage_config(load_config("h2gnet", "demo", overrides=TINY), "refine"))
+    assert refine.example_input().shape == (1, 4, 64, 64)
 
 
 def test_clusters_recomputed_into_dataset_and_sampler(slide):
