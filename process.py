@@ -42,7 +42,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "(default: all but tif)")
     parser.add_argument("--gt", default=None, metavar="GT",
                         help="score against: KIND:ROOT, a dataset read by loader.read_dataset (instance, semantic); "
-                             "a folder of class-map images (semantic); a CSV of image labels (patch)")
+                             "a folder of class-map images (semantic); a CSV of image labels (patch); what a family "
+                             "that scores its results itself reads (h2gnet: a cohort.json or a folder of slide "
+                             "annotations or masks)")
     parser.add_argument("--mpp", type=float, default=None,
                         help="pixel size in micrometres for areas in mm2 (default infer.mpp of the raw files' config)")
     parser.add_argument("--workers", type=int, default=1, help="images post-processed in parallel (default 1)")

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config import load_config  # noqa: E402
+from config import load_config, stage_config, stage_names  # noqa: E402
 from loader.synthetic import tile_seed  # noqa: E402
 from loader.synthetic_tumour import TumourSlide  # noqa: E402
 from metrics import mean_region_scores  # noqa: E402
@@ -106,7 +106,7 @@ def main() -> int:
     torch.manual_seed(0)
     family = H2GNetFamily(load_config("h2gnet", args.profile, overrides=args.overrides))
     net = family.build_network()
-    phases = {phase["stage"]: phase for phase in family.cfg["train"]["phases"]}
+    phases = {name: stage_config(family.cfg, name)["train"]["phases"][0] for name in stage_names(family.cfg)}
     seconds = {}
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()

@@ -8,10 +8,16 @@ segmentation in two stages, one network each, held in one module (one checkpoint
   two-class softmax, trained with soft Dice on the tumour class and the published augmentations.
 
 Configuration (``opt/h2gnet.yaml``): ``model`` {detect {width, hidden, dropout, pretrained},
-refine {widths, encoder_dropout, decoder_dropout, grid}}; ``data`` {detect {mpp, size, points,
-min_tissue, label_threshold, tumour_classes, augment}, tissue_mpp, refine_augment}; ``sampler``
-{clusters, recluster_every, embed_size, feature_batch, pca_variance}; ``infer`` {batch_size,
-threshold}; ``postproc`` {threshold}.
+refine {widths, encoder_dropout, decoder_dropout, grid}}; ``data`` {source, label, synthetic,
+slide_mpp, detect {mpp, size, points, min_tissue, label_threshold, tumour_classes, augment},
+tissue_mpp, refine_augment}; ``sampler`` {clusters, recluster_every, embed_size, feature_batch,
+pca_variance}; ``stages`` {detect, refine: their ``train`` phases}; ``infer`` {batch_size,
+threshold, mask_mpp}; ``postproc`` {threshold, class_info}.
+
+Through the scripts (engine hooks of :class:`models.base.Family`): :meth:`H2GNetFamily.training_data`
+gives each stage its data from a cohort, :meth:`H2GNetFamily.begin_epoch` recomputes the
+clusters, :meth:`H2GNetFamily.validate_item` scores a validation slide, :meth:`H2GNetFamily.infer_slide`
+runs the cascade for ``infer.py`` and :meth:`H2GNetFamily.score_result` scores it for ``process.py``.
 """
 
 from __future__ import annotations
