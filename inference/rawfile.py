@@ -11,7 +11,7 @@ image-pixel geometry of maps that hold one value per window, see
 :class:`inference.tiling.GridGeometry`), ``family_state`` (JSON text of the family's fitted
 state, e.g. per-class thresholds) and ``slide`` (JSON text of a whole slide's geometry when the
 maps cover one: level-0 ``dimensions`` (W, H), ``mpp`` and ``map_downsample``, level-0 pixels per
-map pixel; :mod:`inference.slide_semantic`). ``find_raw`` and ``RawRef.load`` read them back.
+map pixel; :mod:`inference.slide_family`). ``find_raw`` and ``RawRef.load`` read them back.
 """
 
 from __future__ import annotations

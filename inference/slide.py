@@ -58,7 +58,7 @@ from tqdm import tqdm
 
 from inference.folder import write_failure
 from inference.predict import family_predictor, inference_precision
-from inference.slide_semantic import run_family_slide
+from inference.slide_family import run_family_slide
 from inference.tiling import AxisPlan, TileSpec, plan_axis
 from loader.slide import RegionError, Slide, SlideView, open_slide
 from loader.tissue import load_mask, mask_mpp_for, tissue_mask

@@ -77,7 +77,7 @@ class TrainingData:
 @dataclass
 class SlideMaps:
     """What a family that infers whole slides itself (:meth:`Family.infer_slide`) found on one
-    slide; ``infer.py`` writes it (``inference.slide_semantic``).
+    slide; ``infer.py`` writes it (``inference.slide_family``).
 
     Attributes:
         class_map: (h, w) integer class ids covering the whole slide at ``downsample``.

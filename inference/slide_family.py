@@ -1,6 +1,6 @@
-"""Slide outputs of a class map: a slide-sized class map as a pyramidal TIFF, QuPath GeoJSON
-annotations and per-class areas (:func:`write_slide_class_map`), and the whole slide run of a
-family that infers slides itself (``Family.infer_slide``, :func:`run_family_slide`).
+"""Slides of a family that infers them itself (``Family.infer_slide``, :func:`run_family_slide`):
+the class map it returns as a pyramidal TIFF, QuPath GeoJSON annotations and per-class areas
+(:func:`write_slide_class_map`), a raw file for ``process.py``, pictures and a summary.
 
 A class map covers the whole slide at ``downsample`` level-0 pixels per pixel: map pixel
 (r, c) covers level-0 [c d, (c + 1) d) x [r d, (r + 1) d). Files written into the slide's

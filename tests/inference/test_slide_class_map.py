@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from inference.slide_semantic import NearestUpsampled, write_slide_class_map
+from inference.slide_family import NearestUpsampled, write_slide_class_map
 from misc.errors import UserError
 
 INFO = {0: ("background", (0, 0, 0)), 1: ("Tumor", (200, 0, 0)), 2: ("Stroma", (0, 150, 0))}
