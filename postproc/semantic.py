@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from misc.errors import UserError
 from misc.io import atomic_path, atomic_write
-from postproc.formats import TypeInfo, region_edge_rings
+from postproc.formats import PALETTE, TypeInfo, region_edge_rings
 
 #: Largest side a PNG label image may have; larger maps are written as TIFF.
 PNG_MAX_SIDE = 65_535
@@ -35,6 +35,12 @@ def check_class_ids(class_map: np.ndarray, class_info: TypeInfo, source: str, in
     if unknown:
         raise UserError(f"{source}: class ids {unknown[:8]} are not in {info_source} "
                         f"(it has ids {sorted(class_info)}); expected a class map with those ids")
+
+
+def generic_class_info(class_ids: np.ndarray) -> TypeInfo:
+    """``class N`` names and palette colours for the ids present in ``class_ids``, when no
+    class info is given."""
+    return {int(i): (f"class {int(i)}", PALETTE[int(i) % len(PALETTE)]) for i in np.unique(class_ids)}
 
 
 def label_path(folder: str | os.PathLike, name: str, shape: tuple[int, int]) -> Path:
