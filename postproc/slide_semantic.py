@@ -16,8 +16,8 @@ downsample 8) and writes, each atomically, into a folder:
 - ``<stem>.areas.csv``: ``class_id, class, pixels, level0_pixels, area_mm2`` per class of
   the class info (``pixels`` at the map's resolution).
 
-Memory: the coloured and grey pyramids are built band by band; the GeoJSON needs the map
-and one boolean class mask at a time, i.e. a few bytes per map pixel.
+Memory: the coloured and grey pyramids are built band by band; the GeoJSON needs the map, one
+boolean class mask and its int32 labelling at a time: about 6 bytes per map pixel for a uint8 map.
 """
 
 from __future__ import annotations
@@ -71,8 +71,12 @@ class _Grey:
 
 
 def class_counts(class_map: np.ndarray, class_info: TypeInfo) -> np.ndarray:
-    """(max id + 1,) int64 pixel count of every class id of ``class_info`` in the map."""
-    return np.bincount(np.asarray(class_map).ravel().astype(np.int64), minlength=max(class_info) + 1)
+    """(max id + 1,) int64 pixel count of every class id of ``class_info`` in the map (one
+    boolean mask at a time, so a uint8 map is never widened)."""
+    counts = np.zeros(max(class_info) + 1, np.int64)
+    for class_id in class_info:
+        counts[class_id] = np.count_nonzero(class_map == class_id)
+    return counts
 
 
 def area_rows(counts: np.ndarray, class_info: TypeInfo, downsample: float, slide_mpp: float) -> list[dict[str, Any]]:
