@@ -1,4 +1,4 @@
-"""Predict with a trained checkpoint: raw maps for a folder of image tiles, or nuclei for whole slides.
+"""Predict with a trained checkpoint: raw maps for a folder of image tiles, or nuclei and class maps for whole slides.
 
 ``python infer.py --model-path CKPT [CKPT ...] --input DIR_OR_FILE --output DIR [--batch-size N]
 [--tta/--no-tta] [--device D] [--mag 20|40] [--workers N] [--format npz|h5] [--bn-adapt W]
@@ -9,7 +9,8 @@ overrides the options given. Several checkpoints form an ensemble on image folde
 are averaged (:mod:`inference.ensemble`; the first one's family post-processes them). When the
 input is a slide (``.svs``, ``.ndpi``, ``.mrxs``, ``.scn``, pyramidal or OME-TIFF) or a folder
 holding slides, each slide runs end to end (see ``inference/slide.py``: ``OUT/<stem>/`` gets
-GeoJSON, SQLite, HoVer-Net JSON, overlay TIFF, thumbnail and summary); under ``torchrun
+GeoJSON, SQLite, HoVer-Net JSON, overlay TIFF, thumbnail and summary; a semantic family its
+class-map TIFF, GeoJSON annotations and areas); under ``torchrun
 --nproc_per_node N`` the slides are shared among the processes. Otherwise every image is
 predicted into a raw file for ``process.py``. Exit code 0 when every image/slide was done (or
 already done), 1 when some images could not be read (they are listed), 2 on a usage error

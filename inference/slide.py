@@ -26,6 +26,11 @@ The pipeline of one slide, as a splitter, the network call and a merger (MONAI/T
    ``overlay_mpp``), ``<stem>.thumbnail.png`` (the slide with the overlay), ``<stem>.tissue.png``
    (the mask) and, last, ``<stem>.summary.json``. Then ``.work`` is removed.
 
+Semantic families (``task_for('infer') == 'semantic'``) take the same steps with another tile
+post-processing and other outputs (:mod:`inference.slide_semantic`: the class map per tile,
+reduced to about ``overlay_mpp``, written by :func:`postproc.slide_semantic.write_slide_classes`);
+:data:`SLIDE_TASKS` holds the two.
+
 Resuming: a run killed at any point (SIGKILL included) and started again skips the batches in
 the journal and the tiles already written; a store that no longer opens is rebuilt (only the
 batches unfinished tiles need are run again). Batches are always the same windows, so the
