@@ -55,8 +55,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--mag", type=int, default=None,
                         help="magnification of the images, e.g. 20 or 40 (default infer.mag); used by post-processing")
     parser.add_argument("--bn-adapt", type=float, default=None, metavar="W",
-                        help="adapt BatchNorm statistics to each image: W x the image's + (1 - W) x the trained "
-                             "(0 = off, 1 = the image's only; default infer.bn_adapt)")
+                        help="adapt BatchNorm statistics to each image (a slide: a sample of its tissue windows): "
+                             "W x the image's + (1 - W) x the trained (0 = off, 1 = the image's only; "
+                             "default infer.bn_adapt)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="run the network under bf16 autocast (fp16 on GPUs without bf16; on a CPU only with "
                              "native bf16); default infer.amp of the checkpoint's config (infer.channels_last "
@@ -106,7 +107,8 @@ def run_on_slides(args: argparse.Namespace, slides: list) -> int:
                         "not on slides; give one checkpoint")
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     family, net, _ = load_checkpoint(args.model_path[0], device)
-    family = with_infer_overrides(family, tta=args.tta, batch_size=args.batch_size, amp=args.amp)
+    family = with_infer_overrides(family, tta=args.tta, batch_size=args.batch_size, amp=args.amp,
+                                  bn_adapt=args.bn_adapt)
     options = SlideOptions(
         slide_mpp=args.slide_mpp, mask=args.mask, batch_size=args.batch_size, tile=args.tile,
         readers=args.workers, postproc_workers=args.postproc_workers, show_progress=not args.quiet,
