@@ -65,6 +65,7 @@ class Options:
     epochs: int | None
     threads: int
     settings: Path
+    command: str
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,9 @@ class Row:
     def fill(self, text: str) -> str:
         """``text`` with ``{root}``, ``{split}`` and ``{patches}`` replaced."""
         split = str(REPO_ROOT / self.recipe.dataset.split) if self.recipe.dataset.split else ""
-        return text.format(root=self.root, split=split, patches=self.folder / "patches")
+        for name, value in (("root", self.root), ("split", split), ("patches", self.folder / "patches")):
+            text = text.replace(f"{{{name}}}", str(value))
+        return text
 
     def checkpoint(self) -> Path:
         """The checkpoint to infer with: ``best.pt`` of a staged run (it holds every stage), else ``latest.pt``."""
@@ -490,7 +493,7 @@ def collect_rows(settings: Settings, options: Options) -> dict[str, Any]:
                 if (path := options.out / task.name / recipe.name / ROW_FILE).is_file()]
         if rows:
             tasks[task.name] = {"title": task.title, "per": task.per, "rows": rows}
-    return {"command": "python -m benchmarks.families " + " ".join(sys.argv[1:]), "machine": machine(options.device),
+    return {"command": options.command, "machine": machine(options.device),
             "settings": str(options.settings), "tasks": tasks}
 
 
@@ -530,7 +533,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     profile = args.profile or ("paper" if _uses_gpu(args.device) else "cpu")
     return Options(data=args.data.resolve(), out=args.out.resolve(), budget_minutes=args.budget_minutes,
                    families=tuple(args.families), tasks=tuple(args.tasks), device=args.device, profile=profile,
-                   epochs=args.epochs, threads=args.threads, settings=args.settings)
+                   epochs=args.epochs, threads=args.threads, settings=args.settings,
+                   command=" ".join(["python -m benchmarks.families", *(sys.argv[1:] if argv is None else argv)]))
 
 
 def _uses_gpu(device: str) -> bool:

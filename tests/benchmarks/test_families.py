@@ -81,8 +81,15 @@ def test_two_families_table_and_plots_hold_process_scores(tmp_path: Path) -> Non
     assert all((out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in plots)
     assert "[1/2] consep_typed hovernet" in done.stderr and "ETA" in done.stderr
 
-    again = _run(tmp_path, settings)  # finished rows are kept, not rerun
-    assert again.returncode == 0 and again.stderr.count("done earlier") == 2
+    unet = out / "consep_typed" / "consep_unet"  # as if interrupted after infer.py: only process.py runs again
+    steps = json.loads((unet / "steps.json").read_text())
+    (unet / "steps.json").write_text(json.dumps({key: steps[key] for key in ("train", "infer")}))
+    (unet / "row.json").unlink()
+    commands = (unet / "log.txt").read_text().count("$ ")
+    again = _run(tmp_path, settings)
+    assert again.returncode == 0 and again.stderr.count("done earlier") == 1 and "(resuming)" in again.stderr
+    log = (unet / "log.txt").read_text()
+    assert log.count("$ ") == commands + 1 and log.split("$ ")[-1].split()[1] == "process.py"
     assert json.loads((out / "results.json").read_text())["tasks"]["consep_typed"]["rows"] == rows
 
 
