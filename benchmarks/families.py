@@ -31,6 +31,7 @@ import logging
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -149,16 +150,23 @@ class Row:
             json.dump(steps, handle, indent=1)
 
     def fill(self, text: str) -> str:
-        """``text`` with ``{root}``, ``{split}`` and ``{patches}`` replaced."""
+        """``text`` with ``{root}``, ``{split}``, ``{patches}`` and ``{pred}`` replaced."""
         split = str(REPO_ROOT / self.recipe.dataset.split) if self.recipe.dataset.split else ""
-        for name, value in (("root", self.root), ("split", split), ("patches", self.folder / "patches")):
+        values = (("root", self.root), ("split", split), ("patches", self.folder / "patches"), ("pred", self.folder / "pred"))
+        for name, value in values:
             text = text.replace(f"{{{name}}}", str(value))
         return text
 
     def checkpoint(self) -> Path:
-        """The checkpoint to infer with: ``best.pt`` of a staged run (it holds every stage), else ``latest.pt``."""
+        """The checkpoint to infer with: the recipe's, else ``best.pt`` of a staged run (it holds
+        every stage), else ``latest.pt``."""
         run = self.folder / "run"
-        return run / "checkpoints" / ("best.pt" if (run / "stages").is_dir() else "latest.pt")
+        name = self.recipe.checkpoint or ("best.pt" if (run / "stages").is_dir() else "latest.pt")
+        return run / "checkpoints" / name
+
+    def scores_file(self) -> Path:
+        """Where the row's scores are read: the recipe's ``score`` output, else ``metrics.json``."""
+        return self.folder / "pred" / ("scores.jsonl" if self.recipe.score else "metrics.json")
 
 
 def dataset_root(dataset: Dataset, options: Options) -> Path:
@@ -219,7 +227,8 @@ def base_train_command(row: Row, options: Options) -> list[str]:
     """The options ``train.py`` and its planner ``python -m engine.budget`` share: family, profile,
     data, device, threads and the recipe's ``--set`` options."""
     sets = [row.fill(text) for text in row.recipe.overrides(options.profile, planned=options.epochs is None)]
-    return ["--model", row.recipe.family, "--profile", options.profile, "--data", row.fill(row.recipe.dataset.train_data),
+    return ["--model", row.recipe.family, "--profile", row.recipe.profile(options.profile),
+            "--data", row.fill(row.recipe.dataset.train_data),
             "--device", options.device, "--num-threads", str(options.threads), *[w for s in sets for w in ("--set", s)]]
 
 
@@ -308,7 +317,19 @@ def process(row: Row, options: Options) -> dict:
     if dataset.type_info:
         command += ["--type-info", str(REPO_ROOT / dataset.type_info)]
     measured = run_script("process", command, row.folder / LOG_FILE, options.threads)
+    if row.recipe.score:
+        words = shlex.split(row.fill(row.recipe.score))
+        words = [sys.executable if index == 0 and word == "python" else word for index, word in enumerate(words)]
+        run_script("score", words, row.folder / LOG_FILE, options.threads, stdout=row.scores_file())
     return {"seconds": measured.seconds}
+
+
+def read_metrics(path: Path) -> dict:
+    """A row's scores: ``metrics.json``, or a score command's JSON lines as ``{"stages": {stage: line}}``."""
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {"stages": {str(line.get("stage", index)): line for index, line in enumerate(lines)}}
 
 
 # --- a row's results --------------------------------------------------------------------------
@@ -342,7 +363,7 @@ def read_scores(metrics: dict, scores: dict[str, str]) -> dict[str, float | None
                 for key, value in node.items():
                     hit = regex.match(str(key))
                     if hit is not None:
-                        captured = " ".join(g.strip("_ ") for g in hit.groups() if g.strip("_ "))
+                        captured = " ".join(g.strip("_: ") for g in hit.groups() if g.strip("_: "))
                         step.append((" ".join(p for p in (label, captured) if p), value))
             matches = step
         for label, value in matches:
@@ -371,12 +392,12 @@ def training_seconds(checkpoint: Path, measured: float) -> float:
 def finish_row(row: Row, options: Options) -> dict:
     """The row's record from its steps and ``pred/metrics.json``."""
     steps = row.steps()
-    metrics = json.loads((row.folder / "pred" / "metrics.json").read_text())
+    metrics = read_metrics(row.scores_file())
     checkpoint = row.checkpoint()
     infer_record = steps["infer"]
     return {
         "task": row.task.name, "family": row.recipe.family, "recipe": row.recipe.name, "status": "done",
-        "profile": options.profile, "device": options.device, "epochs": options.epochs,
+        "profile": row.recipe.profile(options.profile), "device": options.device, "epochs": options.epochs,
         "budget_minutes": None if options.epochs is not None else options.budget_minutes,
         "scores": read_scores(metrics, row.task.scores),
         "parameters": parameter_count(checkpoint),
@@ -386,7 +407,7 @@ def finish_row(row: Row, options: Options) -> dict:
         "peak_memory_mb": max(steps["train"]["peak_mb"], infer_record["peak_mb"]),
         "peak_memory_train_mb": steps["train"]["peak_mb"], "peak_memory_infer_mb": infer_record["peak_mb"],
         "images": len(list(row.images.iterdir())),
-        "metrics_file": str((row.folder / "pred" / "metrics.json").relative_to(options.out)),
+        "metrics_file": str(row.scores_file().relative_to(options.out)),
         "overlay": _overlay(row, options),
     }
 
@@ -420,7 +441,7 @@ def run_row(row: Row, options: Options) -> dict:
         result = finish_row(row, options)
     except (StepFailed, UserError) as err:
         result = {"task": row.task.name, "family": row.recipe.family, "recipe": row.recipe.name, "status": "failed",
-                  "profile": options.profile, "device": options.device, "error": str(err),
+                  "profile": row.recipe.profile(options.profile), "device": options.device, "error": str(err),
                   "log": str(log_path.relative_to(options.out))}
     with atomic_write(row.folder / ROW_FILE, "w") as handle:
         json.dump(result, handle, indent=1)

@@ -43,7 +43,10 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Recipe:
-    """One family on one data set: ``set`` for any profile, ``cpu`` for the cpu profile only."""
+    """One family on one data set: ``set`` for any profile, ``cpu`` for the cpu profile only;
+    ``profiles`` the family's own profile for a benchmark profile (e.g. ``{cpu: consep}``),
+    ``checkpoint`` the file of ``run/checkpoints/`` to infer with, ``score`` a scoring command
+    run after ``process.py`` whose JSON lines replace ``metrics.json`` (see ``recipes.yaml``)."""
 
     name: str
     family: str
@@ -53,6 +56,13 @@ class Recipe:
     set: tuple[str, ...] = ()
     cpu: tuple[str, ...] = ()
     cpu_ceiling: int | None = None
+    profiles: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+    score: str | None = None
+
+    def profile(self, profile: str) -> str:
+        """The family's profile for the benchmark's ``profile`` (``profiles`` maps them; default the same name)."""
+        return str(self.profiles.get(profile, profile))
 
     def overrides(self, profile: str | None, planned: bool) -> list[str]:
         """``KEY=VALUE`` train.py overrides: the data set's, the recipe's, then the cpu profile's

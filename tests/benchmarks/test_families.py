@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from benchmarks.family_report import best_values, markdown
-from benchmarks.families import read_scores
+from benchmarks.families import read_metrics, read_scores
 from benchmarks.recipes.settings import SETTINGS, field_words, load_settings
 from loader.synthetic import generate_tile
 from misc.errors import UserError
@@ -95,9 +95,16 @@ def test_two_families_table_and_plots_hold_process_scores(tmp_path: Path) -> Non
 
 def test_read_scores_expands_stars_and_keeps_nan_as_none() -> None:
     metrics = {"mean": {"pq": {"mean": 0.5}, "pq_type1": {"mean": 0.25}, "pq_type2": {"mean": None}},
-               "pooled": {"gradcam_miou": 0.2, "crf_miou": 0.4, "miou": 0.4, "fiou": 0.9}}
+               "pooled": {"gradcam:miou": 0.2, "crf_miou": 0.4, "miou": 0.4, "fiou": 0.9}}
     scores = read_scores(metrics, {"PQ": "mean.pq.mean", "PQ type": "mean.pq_type*.mean", "mIoU": "pooled.*miou*"})
     assert scores == {"PQ": 0.5, "PQ type 1": 0.25, "PQ type 2": None, "mIoU gradcam": 0.2, "mIoU crf": 0.4, "mIoU": 0.4}
+
+
+def test_score_command_lines_are_read_by_stage(tmp_path: Path) -> None:
+    lines = tmp_path / "scores.jsonl"
+    lines.write_text('{"stage": "gradcam", "miou": 0.1, "iou": {"0": 0.5}}\n{"stage": "crf", "miou": 0.3}\n')
+    scores = read_scores(read_metrics(lines), {"mIoU": "stages.*.miou"})
+    assert scores == {"mIoU gradcam": 0.1, "mIoU crf": 0.3}
 
 
 def test_best_value_per_column_is_bold() -> None:
