@@ -57,6 +57,7 @@ def _run(root: Path, settings: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_two_families_table_and_plots_hold_process_scores(tmp_path: Path) -> None:
     settings = _settings(tmp_path, _tiny_consep(tmp_path))
     done = _run(tmp_path, settings)
