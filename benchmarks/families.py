@@ -513,7 +513,7 @@ def collect_rows(settings: Settings, options: Options) -> dict[str, Any]:
         rows = [json.loads(path.read_text()) for recipe in task.recipes
                 if (path := options.out / task.name / recipe.name / ROW_FILE).is_file()]
         if rows:
-            tasks[task.name] = {"title": task.title, "per": task.per, "rows": rows}
+            tasks[task.name] = {"title": task.title, "per": task.per, "scores": list(task.scores), "rows": rows}
     return {"command": options.command, "machine": machine(options.device),
             "settings": str(options.settings), "tasks": tasks}
 

@@ -3,8 +3,8 @@
 - ``results.md``: per task, one row per family: its scores, parameters, training minutes,
   inference seconds (per 1000x1000 px, or per mm² of slide) and peak memory; the best value of
   every column in bold (highest score; fewest parameters, minutes, seconds and MiB).
-- ``plots/<task>_<column>.png``: one bar chart per column with the families side by side
-  (columns of one score spec with a ``*``, e.g. the per-type PQ, share one grouped chart).
+- ``plots/<task>_<score>.png``: one bar chart per score and cost with the families side by side
+  (the columns of one score, e.g. the per-type PQ or the per-stage mIoU, share one grouped chart).
 - ``plots/<task>_overlays.png``: the task's first validation image and every family's overlay of it.
 """
 
@@ -94,11 +94,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
 
 
-def chart_groups(rows: list[dict]) -> dict[str, list[str]]:
-    """Chart title -> its columns: a score spec's columns share one chart (``PQ type 1..4``)."""
+def chart_groups(rows: list[dict], specs: list[str]) -> dict[str, list[str]]:
+    """Chart title -> its columns: the columns of one score of the task (``specs``, e.g. ``PQ
+    type`` -> ``PQ type 1..4``, ``mIoU`` -> one per stage) share one chart."""
     groups: dict[str, list[str]] = {}
     for column in score_columns(rows):
-        groups.setdefault(re.sub(r"\s+\d+$", "", column), []).append(column)
+        spec = next((s for s in sorted(specs, key=len, reverse=True) if column == s or column.startswith(f"{s} ")), column)
+        groups.setdefault(spec, []).append(column)
     return groups
 
 
@@ -134,7 +136,7 @@ def task_charts(name: str, task: dict, plots: Path) -> list[Path]:
         return []
     families = [row["family"] for row in done]
     written = []
-    for title, columns in chart_groups(done).items():
+    for title, columns in chart_groups(done, task.get("scores", [])).items():
         values = np.array([[row["scores"].get(c) if row["scores"].get(c) is not None else np.nan for c in columns]
                            for row in done], float)
         written.append(bar_chart(plots / f"{name}_{_slug(title)}.png", f"{task['title']}: {title}", families, columns, values))

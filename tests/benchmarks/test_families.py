@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from benchmarks.family_report import best_values, markdown
+from benchmarks.family_report import best_values, chart_groups, markdown
 from benchmarks.families import read_metrics, read_scores
 from benchmarks.recipes.settings import SETTINGS, field_words, load_settings
 from loader.synthetic import generate_tile
@@ -120,6 +120,12 @@ def test_best_value_per_column_is_bold() -> None:
     assert "| a | cpu | 0.500 | **10** | 2.0 | **1.00** | 300 |" in text
     assert "| b | cpu | **0.600** | 20 | **1.0** | – | **200** |" in text
     assert "| c | cpu | failed: train: error: boom (exit 2) |" in text
+
+
+def test_columns_of_one_score_share_a_chart() -> None:
+    rows = [{"status": "done", "scores": {"PQ": 0.5, "PQ type 1": 0.1, "PQ type 2": 0.2, "mIoU gradcam": 0.3, "mIoU crf": 0.4}}]
+    assert chart_groups(rows, ["PQ", "PQ type", "mIoU"]) == {
+        "PQ": ["PQ"], "PQ type": ["PQ type 1", "PQ type 2"], "mIoU": ["mIoU gradcam", "mIoU crf"]}
 
 
 def test_settings_are_the_shell_recipes() -> None:
