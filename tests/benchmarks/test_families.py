@@ -130,7 +130,7 @@ def test_columns_of_one_score_share_a_chart() -> None:
 
 def test_settings_are_the_shell_recipes() -> None:
     settings = load_settings()
-    assert field_words(settings.recipes["consep_unet"], "train-options") == ["--set", "infer.keep_margin=0"]
+    assert field_words(settings.recipes["consep_unet"], "train-options") == ["--set", "model.nr_types=5", "--set", "infer.keep_margin=0"]
     assert field_words(settings.recipes["monuseg_fullnet"], "win") == ["250"]
     chrnet = settings.recipes["consep_chrnet"]
     assert chrnet.overrides("cpu", planned=True)[-1] == "train.phases.0.epochs=10"
