@@ -314,8 +314,8 @@ def process(row: Row, options: Options) -> dict:
                "--gt", row.fill(dataset.gt), "--quiet"]
     if row.task.formats:
         command += ["--formats", row.task.formats]
-    if dataset.type_info:
-        command += ["--type-info", str(REPO_ROOT / dataset.type_info)]
+    if row.task.type_info:
+        command += ["--type-info", str(REPO_ROOT / row.task.type_info)]
     measured = run_script("process", command, row.folder / LOG_FILE, options.threads)
     if row.recipe.score:
         words = shlex.split(row.fill(row.recipe.score))

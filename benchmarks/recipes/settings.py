@@ -37,7 +37,6 @@ class Dataset:
     train_data: str = "{root}"
     train_set: tuple[str, ...] = ()
     gt: str | None = None
-    type_info: str | None = None
     cohort: dict = field(default_factory=dict)
 
 
@@ -82,6 +81,7 @@ class Task:
     Attributes:
         scores: column name -> ``section.key...`` path into process.py's ``metrics.json``
             (``*`` matches several keys: one column per match).
+        formats, type_info: ``process.py --formats`` and ``--type-info`` (None: the default, the family's).
         per: unit of the inference seconds, ``image`` (per 1000x1000 px) or ``mm2`` (per mm² of slide).
     """
 
@@ -90,6 +90,7 @@ class Task:
     recipes: tuple[Recipe, ...]
     scores: dict[str, str]
     formats: str | None = None
+    type_info: str | None = None
     overlay: str | None = None
     per: str = "image"
 
