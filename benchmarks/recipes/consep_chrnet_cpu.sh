@@ -43,16 +43,16 @@ print(json.dumps({"recipe": recipe, "images": f"valid ({len(metrics['per_image']
 PY
 }
 
-# The consep profile's groupings (opt/chrnet.yaml) on the cpu profile that consep_common.sh trains.
-CONSEP_GROUPINGS='model.groupings=[[[1,2],[3],[4]],[[1,4],[2],[3]]]'
-CONSEP_EPOCHS='train.phases.0.epochs=10'
 ABLATION_OPTIONS=(--set train.phases.0.loss_weights.hrfe1_ce=0.0 --set train.phases.0.loss_weights.hrfe2_ce=0.0)
 
 main() {
     cd "$(dirname "${BASH_SOURCE[0]}")/../.."
     source benchmarks/recipes/consep_common.sh
-    local recipe=consep_chrnet_cpu options=(--set "$CONSEP_GROUPINGS")
-    [[ -z "${3:-}" ]] && options+=(--set "$CONSEP_EPOCHS")   # the planner's ceiling: the consep profile's epochs
+    # recipes.yaml's consep_chrnet: the consep profile's groupings (opt/chrnet.yaml) on the cpu profile
+    # that consep_common.sh trains, and the planner's ceiling (the consep profile's epochs)
+    local recipe=consep_chrnet_cpu options=()
+    mapfile -t options < <(python -m benchmarks.recipes.settings consep_chrnet train-options)
+    [[ -z "${3:-}" ]] && options+=(--set "train.phases.0.epochs=$(python -m benchmarks.recipes.settings consep_chrnet cpu-ceiling)")
     if [[ -n "${ABLATION:-}" && "${ABLATION}" != 0 ]]; then
         recipe=consep_chrnet_cpu_ablation
         options+=("${ABLATION_OPTIONS[@]}")

@@ -5,7 +5,7 @@
 #   bash benchmarks/recipes/consep_hovernet_cpu.sh [DATA_DIR] [OUT_DIR] [EPOCHS]
 #
 # 1. the fixed split of the shared CoNSeP patches by source image (benchmarks/recipes/consep_split.json);
-# 2. train.py --model hovernet --profile cpu (same-mode HoVer-Net: encoder units [1,1,1,1] at
+# 2. train.py --model hovernet --profile cpu with recipes.yaml's consep_hovernet options (same-mode HoVer-Net: encoder units [1,1,1,1] at
 #    quarter width, one shared decoder at quarter width, Reinhard normalisation to the training
 #    patches, bf16 autocast; batch 2, Adam 2e-3, cosine decay) with a type branch of 4 types +
 #    background (model.nr_types=5), on the whole 256 px patches (data.patch_size=256) with the
@@ -20,7 +20,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 source benchmarks/recipes/consep_common.sh
-run_recipe hovernet "$(consep_data "${1:-}")" "${2:-runs/consep_hovernet_cpu}" "${3:-}" \
-    --set model.nr_types=5 --set data.patch_size=256 --set data.augment=hovernet_pannuke \
-    --set postproc.np_threshold=0.5 --set postproc.min_marker_area=10 \
-    --set infer.keep_margin=0   # each validation patch is one 256 px window: no seams to trim
+mapfile -t options < <(python -m benchmarks.recipes.settings consep_hovernet train-options)   # recipes.yaml
+run_recipe hovernet "$(consep_data "${1:-}")" "${2:-runs/consep_hovernet_cpu}" "${3:-}" "${options[@]}"

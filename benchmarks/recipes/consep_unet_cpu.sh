@@ -19,5 +19,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 source benchmarks/recipes/consep_common.sh
-run_recipe unet "$(consep_data "${1:-}")" "${2:-runs/consep_unet_cpu}" "${3:-}" \
-    --set infer.keep_margin=0   # each validation patch is one 256 px window: no seams to trim
+mapfile -t options < <(python -m benchmarks.recipes.settings consep_unet train-options)   # recipes.yaml
+run_recipe unet "$(consep_data "${1:-}")" "${2:-runs/consep_unet_cpu}" "${3:-}" "${options[@]}"

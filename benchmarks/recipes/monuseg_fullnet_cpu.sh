@@ -16,4 +16,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 source benchmarks/recipes/monuseg_common.sh
-run_recipe fullnet 250 250 "${1:-${HISTOSEG_DATA:-../shared/data}/monuseg}" "${2:-runs/monuseg_fullnet_cpu}" "${3:-}"
+run_recipe fullnet "$(python -m benchmarks.recipes.settings monuseg_fullnet win)" \
+    "$(python -m benchmarks.recipes.settings monuseg_fullnet step)" "${1:-${HISTOSEG_DATA:-../shared/data}/monuseg}" "${2:-runs/monuseg_fullnet_cpu}" "${3:-}"

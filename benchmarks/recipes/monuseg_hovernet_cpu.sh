@@ -21,4 +21,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 source benchmarks/recipes/monuseg_common.sh
-run_recipe hovernet 300 164 "${1:-${HISTOSEG_DATA:-../shared/data}/monuseg}" "${2:-runs/monuseg_hovernet_cpu}" "${3:-}"
+run_recipe hovernet "$(python -m benchmarks.recipes.settings monuseg_hovernet win)" \
+    "$(python -m benchmarks.recipes.settings monuseg_hovernet step)" "${1:-${HISTOSEG_DATA:-../shared/data}/monuseg}" "${2:-runs/monuseg_hovernet_cpu}" "${3:-}"

@@ -179,6 +179,25 @@ def check_types(type_map: np.ndarray, nr_types: int) -> np.ndarray:
     return type_map
 
 
+def sample_types(sample: dict, nr_types: int) -> np.ndarray:
+    """The sample's (H, W) int64 type map, checked against ``nr_types``.
+
+    With ``model.nr_types: 2`` (types off: background and one nucleus class, groupings
+    ``[[[1]], [[1]]]``) an untyped sample (no ``type_map``, e.g. MoNuSeg) is unambiguous: every
+    nucleus pixel is class 1.
+
+    Raises:
+        UserError: no ``type_map`` while more than one class is configured, or a class outside
+            0..nr_types-1.
+    """
+    if sample.get("type_map") is None:
+        if nr_types != 2:
+            raise UserError(f"CHR-Net needs nucleus types but the sample has no type_map; use a typed data set, or "
+                            f"model.nr_types: 2 with model.groupings [[[1]], [[1]]] (types off) instead of {nr_types}")
+        return (np.asarray(sample["inst_map"]) > 0).astype(np.int64)
+    return check_types(sample["type_map"], nr_types)
+
+
 @dataclass(frozen=True)
 class CHRNetTargets:
     """Picklable target builder: one augmented sample -> network input and CHR-Net targets.
@@ -229,9 +248,7 @@ class CHRNetTargets:
         if min(inst_map.shape) < self.input_size:
             raise UserError(f"training patch {inst_map.shape} is smaller than infer.input_size {self.input_size}; "
                             f"raise data.patch_size to at least {self.input_size}")
-        if sample.get("type_map") is None:
-            raise UserError("CHR-Net needs nucleus types but the sample has no type_map; use a typed data set")
-        types = check_types(sample["type_map"], self.nr_types)
+        types = sample_types(sample, self.nr_types)
         marker = sample.get("marker_map")
         marker = marker_map(inst_map) if marker is None else np.asarray(marker, np.float32)
         out = (self.output_size, self.output_size)

@@ -29,6 +29,26 @@ def check_types(type_map: np.ndarray, nr_types: int) -> None:
         )
 
 
+def sample_types(sample: dict, nr_types: int) -> np.ndarray:
+    """The sample's (H, W) type map, checked against ``nr_types``.
+
+    With ``model.nr_types: 2`` (types off: background and one nucleus class) an untyped sample
+    (no ``type_map``, e.g. MoNuSeg) is unambiguous: every nucleus pixel is type 1.
+
+    Raises:
+        UserError: no ``type_map`` while more than one nucleus type is configured, or a type
+            outside 0..nr_types-1.
+    """
+    type_map = sample.get("type_map")
+    if type_map is None:
+        if nr_types != 2:
+            raise UserError(f"the U-Net needs nucleus types but the sample has no type_map; use typed data, or "
+                            f"model.nr_types: 2 (types off) instead of {nr_types} for instance maps alone")
+        return (np.asarray(sample["inst_map"]) > 0).astype(np.int32)
+    check_types(type_map, nr_types)
+    return np.asarray(type_map)
+
+
 def one_hot_types(type_map: np.ndarray, nr_types: int) -> np.ndarray:
     """One-hot encoding of a per-pixel type map.
 
@@ -89,9 +109,7 @@ class UNetTargets:
             ``image`` (3, S, S) float32 RGB 0-255; ``np_map`` (S, S) int64 0/1; ``hv_map``
             (2, S, S) float32 in [-1, 1]; ``tp_onehot`` (nr_types, S, S) uint8; S = ``input_size``.
         """
-        if sample.get("type_map") is None:
-            raise UserError("the U-Net needs nucleus types but the sample has no type_map; use typed data")
-        check_types(sample["type_map"], self.nr_types)
+        sample = {**sample, "type_map": sample_types(sample, self.nr_types)}
         targets = self.hover(sample)
         targets["tp_onehot"] = one_hot_types(targets.pop("tp_map"), self.nr_types)
         return targets

@@ -164,3 +164,15 @@ def test_untyped_sample_is_refused():
     del sample["type_map"]
     with pytest.raises(UserError, match="needs nucleus types"):
         _builder()(sample)
+
+
+def test_types_off_untyped_sample_is_one_class():
+    lookups = tuple(tuple(int(v) for v in lut) for lut in grouping_lookups([[[1]], [[1]]], 2))
+    builder = _builder(nr_types=2, lookups=lookups)
+    sample = _sample()
+    typed = builder({**sample, "type_map": (sample["inst_map"] > 0).astype(np.int32)})
+    del sample["type_map"]
+    untyped = builder(sample)
+    assert set(np.unique(untyped["tp_map"])) == {0, 1}
+    for key in ("np_map", "marker_map", "tp_map", "hrfe1_map", "hrfe2_map"):
+        np.testing.assert_array_equal(untyped[key], typed[key])

@@ -67,3 +67,13 @@ def test_repeat_factors_by_hand():
     assert class_aware_weights(np.zeros((2, 3)), threshold=1.0).tolist() == [1.0, 1.0]
     with pytest.raises(UserError, match="positive repeat-factor threshold"):
         class_aware_weights(counts, threshold=0.0)
+
+
+def test_types_off_untyped_sample_has_every_nucleus_of_type_1():
+    image, inst_map, _ = generate_tile(3, (80, 80))
+    builder = UNetTargets(input_size=64, nr_types=2)
+    untyped = builder({"image": image, "inst_map": inst_map, "type_map": None})
+    typed = builder({"image": image, "inst_map": inst_map, "type_map": (inst_map > 0).astype(np.int32)})
+    assert untyped["tp_onehot"].shape == (2, 64, 64) and untyped["tp_onehot"][1].any()
+    for key in ("np_map", "hv_map", "tp_onehot"):
+        np.testing.assert_array_equal(untyped[key], typed[key])
