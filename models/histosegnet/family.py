@@ -363,24 +363,27 @@ class HistoSegNetFamily(Family):
         """Results of one image (or slide tile) from its stitched maps.
 
         Args:
-            raw: ``gradcam`` (H, W, C) and ``rgb`` (H, W, 3) float32, ``class_prob`` (R, K, C)
-                one vector per window (see :meth:`predict`).
+            raw: ``gradcam`` (H, W, C) and ``rgb`` (H, W, 3) float32, and ``class_prob``
+                (R, K, C) one vector per window (see :meth:`predict`) when the caller keeps
+                per-window vectors (the patch result needs them; the maps do not).
             options: ``crf`` (a mapping of ``postproc.crf`` keys overriding the configuration).
 
         Returns:
             ``class_map`` (H, W) int32 the CRF stage of the output pass; ``stages`` {'gradcam',
             'adjusted', 'crf'} -> (H, W) int32 label maps in the pass's class ids; ``class_prob``
-            (C,) float32 the window scores averaged (the patch result); ``labels`` (C,) float32
-            0/1 at :meth:`thresholds`.
+            (C,) float32 the window scores averaged (the patch result) and ``labels`` (C,)
+            float32 0/1 at :meth:`thresholds`, when ``raw`` has ``class_prob``.
         """
-        missing = [key for key in ("gradcam", "rgb", "class_prob") if key not in raw]
+        missing = [key for key in ("gradcam", "rgb") if key not in raw]
         if missing:
             raise UserError(f"HistoSegNet post-processing needs the raw maps {missing} (have {sorted(raw)}); "
                             "infer again with this version")
-        probs = np.asarray(raw["class_prob"], np.float32).reshape(-1, len(self.classes)).mean(0)
         stages = self.stage_maps(raw["gradcam"], raw["rgb"], self.crf_params(**dict(options.get("crf") or {})))
-        return {"class_map": stages["crf"], "stages": stages, "class_prob": probs,
-                "labels": (probs >= self.thresholds()).astype(np.float32)}
+        result: dict[str, Any] = {"class_map": stages["crf"], "stages": stages}
+        if "class_prob" in raw:
+            probs = np.asarray(raw["class_prob"], np.float32).reshape(-1, len(self.classes)).mean(0)
+            result.update(class_prob=probs, labels=(probs >= self.thresholds()).astype(np.float32))
+        return result
 
     def stage_maps(self, gradcam: np.ndarray, rgb: np.ndarray, crf: CRFParams) -> dict[str, np.ndarray]:
         """The three stage label maps of the output pass.

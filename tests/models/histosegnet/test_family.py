@@ -144,6 +144,8 @@ def test_prediction_maps_postprocess_and_patch_scores() -> None:
     assert scores == family.evaluate(result, {"type_map": np.array([[0, 1], [0, 0]])})  # labels from a type map
     with pytest.raises(UserError, match=r"raw maps \['gradcam', 'rgb'\]"):
         family.postprocess({"class_prob": raw["class_prob"]})
+    maps_only = family.postprocess({"gradcam": raw["gradcam"], "rgb": raw["rgb"]})  # e.g. a slide tile's dense maps
+    assert np.array_equal(maps_only["class_map"], result["class_map"]) and "labels" not in maps_only
     with pytest.raises(UserError, match="postproc.crf.iterations"):
         family.postprocess(raw, crf={"iterations": 1000})
 
