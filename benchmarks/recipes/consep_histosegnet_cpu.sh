@@ -11,7 +11,8 @@
 #    occur in each patch, labels taken from the patch's type map and nothing else; 15 % of its
 #    source images are held out to validate once at the end, which sets the per-class ROC-optimal
 #    decision thresholds stored in the checkpoint; training stops after $TRAIN_SECONDS (default
-#    840) of wall time or 10 epochs;
+#    720) of wall time or 10 epochs (the validation at the end, Grad-CAM and CRF of each
+#    held-out patch, takes about 6 minutes more on a shared 2-core machine);
 # 3. infer.py on the validation patches (one 256 px window each, Grad-CAM per passing class) and
 #    process.py: per-pixel maps of tissue (0), the 4 types (1-4) and white background (5) for the
 #    three stages (label_gradcam/, label_adjusted/, label/ = CRF; overlays and GeoJSON alike);
@@ -32,7 +33,7 @@ mapfile -t extra < <(words_of "${TRAIN_OPTIONS:-}")
 start=$(date +%s)
 python train.py --model histosegnet --profile consep --data "folder:$DATA" --out "$OUT/run" \
     --num-threads "$OMP_NUM_THREADS" --quiet --set "data.split=$SPLIT:$TRAIN_PART" --set train.val_every=1000 \
-    --set "train.time_budget_s=${TRAIN_SECONDS:-840}" "${extra[@]}"
+    --set "train.time_budget_s=${TRAIN_SECONDS:-720}" "${extra[@]}"
 trained=$(date +%s)
 link_valid_images "$DATA" "$OUT/valid_images"
 python infer.py --model-path "$OUT/run/checkpoints/best.pt" --input "$OUT/valid_images" --output "$OUT/raw" --quiet
