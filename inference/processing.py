@@ -25,7 +25,8 @@ from metrics.scoring import LabelPair, central_crop, print_table, score_pairs, t
 from misc.errors import UserError
 from misc.io import atomic_write
 from models import get_family, load_plugins
-from models.tasks import all_formats, patch_class_names, placed_class_map, semantic_class_info, task_kind, with_class_grid
+from models.tasks import (all_formats, patch_class_names, placed_class_map, semantic_class_info, stage_class_maps,
+                          task_kind, with_class_grid)
 from postproc.semantic import ClassIdError
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,10 @@ def process_image(
     if task == "semantic":
         result = with_class_grid(result, raw.maps, raw.grids)
         result = {**result, "class_map": placed_class_map(result, raw.image.shape[:2])}
-        class_info = semantic_class_info(family, np.asarray(result["class_map"]), type_info, f"{where} (class map)")
+        class_info = None
+        for stage, class_map in stage_class_maps(result).items():
+            info = semantic_class_info(family, class_map, type_info, f"{where} (class map{f' {stage}' if stage else ''})")
+            class_info = info if class_info is None else {**info, **class_info}
     elif task == "patch":
         class_info = type_info if type_info is not None else family.class_info()
         patch_class_names(class_info, len(np.ravel(result["class_prob"])))
@@ -156,7 +160,7 @@ def process_image(
         if task == "instance":
             outcome.keep = (np.asarray(result["inst_map"]), result.get("type_map"))
         elif task == "semantic":
-            outcome.keep = np.asarray(result["class_map"])
+            outcome.keep = stage_class_maps(result)
         else:
             outcome.keep = (np.ravel(result["class_prob"]).astype(np.float64), np.ravel(result["labels"]).astype(np.int64))
     return outcome

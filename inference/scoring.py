@@ -101,13 +101,15 @@ def semantic_truths(gt: str, names: list[str]) -> dict[str, tuple[np.ndarray, st
     return truths
 
 
-def score_semantic(gt: str, predictions: dict[str, np.ndarray], class_info: dict, info_source: str,
+def score_semantic(gt: str, predictions: dict[str, dict[str, np.ndarray]], class_info: dict, info_source: str,
                    output_dir: Path) -> list[Path]:
     """Per-class IoU and Dice, mIoU, fIoU and pixel accuracy per image and pooled over the set
     (from one accumulated confusion matrix; ``metrics.semantic.confusion_scores``).
 
     Args:
-        predictions: image name → (H, W) predicted class map.
+        predictions: image name → {stage: (H, W) predicted class map}: ``''`` the result's
+            ``class_map`` (unprefixed columns) and, for a staged result, every stage (columns
+            ``<stage>:<score>``; ``models.tasks.stage_class_maps``).
         class_info: ``{id: (name, colour)}``; true maps must hold only its ids.
         info_source: where ``class_info`` came from (for messages).
 
@@ -123,28 +125,38 @@ def score_semantic(gt: str, predictions: dict[str, np.ndarray], class_info: dict
         log.warning("no ground truth in %s for %d image(s): %s", gt, len(unpaired), unpaired[:5])
     classes = max(class_info) + 1
     names = {c: class_info[c][0] for c in sorted(class_info)}
-    pooled_confusion = np.zeros((classes, classes), np.int64)
+    stages = list(dict.fromkeys(stage for name in truths for stage in predictions[name]))
+    pooled_confusion = {stage: np.zeros((classes, classes), np.int64) for stage in stages}
     rows = []
     for name in sorted(truths):
         truth, source = truths[name]
-        pred = predictions[name]
-        if truth.shape != pred.shape:
-            raise UserError(f"{source}: class map of shape {truth.shape}, the prediction of '{name}' has {pred.shape}")
-        if int(truth.max(initial=0)) > max(class_info) or int(truth.min(initial=0)) < 0:
-            raise UserError(f"{source}: holds ids {int(truth.min(initial=0))}..{int(truth.max(initial=0))} but {info_source} "
-                            f"has the class ids {sorted(class_info)}; expected a class map (is it an instance map?)")
-        check_class_ids(truth, class_info, source, info_source)
-        confusion = confusion_matrix(truth, pred, classes)
-        pooled_confusion += confusion
-        rows.append({"name": name, **_semantic_row(confusion_scores(confusion), names)})
-    pooled = _semantic_row(confusion_scores(pooled_confusion), names)
-    return write_tables(output_dir, rows, pooled, {"gt": gt, "classes": names, "unpaired": unpaired})
+        row: dict[str, Any] = {"name": name}
+        for stage in stages:
+            pred = predictions[name][stage]
+            if truth.shape != pred.shape:
+                raise UserError(f"{source}: class map of shape {truth.shape}, the prediction of '{name}' has {pred.shape}")
+            if int(truth.max(initial=0)) > max(class_info) or int(truth.min(initial=0)) < 0:
+                raise UserError(f"{source}: holds ids {int(truth.min(initial=0))}..{int(truth.max(initial=0))} but "
+                                f"{info_source} has the class ids {sorted(class_info)}; expected a class map "
+                                "(is it an instance map?)")
+            check_class_ids(truth, class_info, source, info_source)
+            confusion = confusion_matrix(truth, pred, classes)
+            pooled_confusion[stage] += confusion
+            row.update(_semantic_row(confusion_scores(confusion), names, stage))
+        rows.append(row)
+    pooled: dict[str, Any] = {}
+    for stage in stages:
+        pooled.update(_semantic_row(confusion_scores(pooled_confusion[stage]), names, stage))
+    options = {"gt": gt, "classes": names, "unpaired": unpaired, "stages": [s for s in stages if s]}
+    return write_tables(output_dir, rows, pooled, options)
 
 
-def _semantic_row(scores: dict, names: dict[int, str]) -> dict[str, float]:
-    row = {key: scores[key] for key in ("pixel_accuracy", "miou", "fiou", "mdice")}
-    row.update({f"iou_{names[c]}": float(scores["iou"][c]) for c in names})
-    row.update({f"dice_{names[c]}": float(scores["dice"][c]) for c in names})
+def _semantic_row(scores: dict, names: dict[int, str], stage: str = "") -> dict[str, float]:
+    """Scores of one class map as columns, prefixed ``<stage>:`` for a stage's map."""
+    prefix = f"{stage}:" if stage else ""
+    row = {f"{prefix}{key}": scores[key] for key in ("pixel_accuracy", "miou", "fiou", "mdice")}
+    row.update({f"{prefix}iou_{names[c]}": float(scores["iou"][c]) for c in names})
+    row.update({f"{prefix}dice_{names[c]}": float(scores["dice"][c]) for c in names})
     return row
 
 

@@ -6,7 +6,10 @@ task up here and never branches on a family's name.
 Results (what ``Family.postprocess`` returns) per task:
 
 - ``instance``: ``{'inst_map': (H, W) int32, 'type_map': (H, W) int32 or None, 'inst_info'}``;
-- ``semantic``: ``{'class_map': (H, W) int32 class ids}``;
+- ``semantic``: ``{'class_map': (H, W) int32 class ids}``, optionally ``'stages'``: ``{name:
+  (H, W) class map}`` of every stage of a staged method in order (the last one is ``class_map``),
+  e.g. an ablation; the per-image files of the earlier stages go to ``<format>_<stage>/`` and
+  the scores of every stage to ``<stage>:<score>`` columns;
 - ``patch``: ``{'class_prob': (C,) float, 'labels': (C,) 0/1}`` (``'thresholds'``: (C,), optional).
 """
 
@@ -99,20 +102,41 @@ def semantic_class_info(family: Any, class_map: np.ndarray, given: TypeInfo | No
 
 def _write_semantic(output_dir: Path, name: str, result: dict, image: np.ndarray, mag: int | None,
                     formats: tuple[str, ...], class_info: TypeInfo | None, mpp: float | None) -> SetRows:
-    from postproc.semantic import class_areas, colour_overlay, label_path, write_class_geojson, write_label_image
+    from postproc.semantic import class_areas
 
     class_map = np.asarray(result["class_map"])
     rows: SetRows = {}
     for fmt in formats:
-        if fmt == "label":
-            write_label_image(label_path(output_dir / "label", name, class_map.shape), class_map, class_info)
-        elif fmt == "overlay":
-            write_image(output_dir / "overlay" / f"{name}.png", colour_overlay(image, class_map, class_info))
-        elif fmt == "geojson":
-            write_class_geojson(output_dir / "geojson" / f"{name}.geojson", class_map, class_info)
-        elif fmt == "areas":
+        _write_class_file(output_dir / fmt, fmt, name, class_map, image, class_info)
+        if fmt == "areas":
             rows["areas.csv"] = class_areas(name, class_map, class_info, mpp)
+    stages = list(result.get("stages") or {})
+    for stage in stages[:-1]:  # the last stage is class_map, written above
+        for fmt in formats:
+            _write_class_file(output_dir / f"{fmt}_{stage}", fmt, name, np.asarray(result["stages"][stage]), image,
+                              class_info)
     return rows
+
+
+def _write_class_file(folder: Path, fmt: str, name: str, class_map: np.ndarray, image: np.ndarray,
+                      class_info: TypeInfo | None) -> None:
+    """Write one per-image semantic file of format ``fmt`` into ``folder`` (``areas`` is a table: nothing)."""
+    from postproc.semantic import colour_overlay, label_path, write_class_geojson, write_label_image
+
+    if fmt == "label":
+        write_label_image(label_path(folder, name, class_map.shape), class_map, class_info)
+    elif fmt == "overlay":
+        write_image(folder / f"{name}.png", colour_overlay(image, class_map, class_info))
+    elif fmt == "geojson":
+        write_class_geojson(folder / f"{name}.geojson", class_map, class_info)
+
+
+def stage_class_maps(result: dict) -> dict[str, np.ndarray]:
+    """A semantic result's class maps to score: ``{'': class_map}`` and, for a staged result,
+    every stage's map by name (see the module docstring)."""
+    maps = {"": np.asarray(result["class_map"])}
+    maps.update({str(stage): np.asarray(value) for stage, value in (result.get("stages") or {}).items()})
+    return maps
 
 
 def _evaluate_semantic(family: Any, result: dict, sample: dict) -> dict[str, float]:

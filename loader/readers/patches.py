@@ -25,8 +25,12 @@ def _csv_labels(csv_path: Path) -> tuple[tuple[str, ...], list[tuple[str, np.nda
         if not row:
             continue
         values = [v.strip() for v in row[1:]]
-        if len(values) != len(class_names) or any(v not in ("0", "1") for v in values):
+        if len(values) != len(class_names):
             raise UserError(f"{csv_path}:{line}: expected {len(class_names)} columns of 0/1 after the name, got {row[1:]}")
+        bad = [(name, value) for name, value in zip(class_names, values) if value not in ("0", "1")]
+        if bad:
+            raise UserError(f"{csv_path}:{line}: row '{row[0].strip()}', column '{bad[0][0]}' is '{bad[0][1]}'; "
+                            "expected 0 or 1")
         parsed.append((row[0].strip(), np.array([int(v) for v in values], dtype=np.int64)))
     return class_names, parsed
 

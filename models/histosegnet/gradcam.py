@@ -37,8 +37,9 @@ def passing_classes(scores: torch.Tensor, thresholds: torch.Tensor, forced: torc
     return passed
 
 
-def grad_cam(net: HistoNet, inputs: torch.Tensor, forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Score-weighted Grad-CAMs of every class that passes its threshold (``net.thresholds``).
+def grad_cam(net: HistoNet, inputs: torch.Tensor, thresholds: torch.Tensor,
+             forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score-weighted Grad-CAMs of every class that passes its decision threshold.
 
     Gradients are computed even when the caller runs under ``torch.inference_mode`` or
     ``no_grad``; only the head is differentiated (one backward pass per class with any passing
@@ -48,6 +49,8 @@ def grad_cam(net: HistoNet, inputs: torch.Tensor, forced: torch.Tensor | None = 
     Args:
         net: the classifier.
         inputs: (N, 3, H, W) float standardised RGB on the network's device.
+        thresholds: (C,) float decision thresholds on the sigmoid scores (the family keeps the
+            ROC-optimal ones of the validation split in its ``extra_state``).
         forced: (C,) bool classes treated as passing whatever their score, or None.
 
     Returns:
@@ -62,7 +65,7 @@ def grad_cam(net: HistoNet, inputs: torch.Tensor, forced: torch.Tensor | None = 
         acts = acts.detach().requires_grad_(True)
         logits = net.head(acts)
         scores = torch.sigmoid(logits.detach())
-        passed = passing_classes(scores, net.thresholds, forced)
+        passed = passing_classes(scores, thresholds, forced)
         cams = torch.zeros(x.shape[0], logits.shape[1], *acts.shape[2:], device=x.device)
         wanted = torch.nonzero(passed.any(0)).flatten().tolist()
         for index, c in enumerate(wanted):  # one backward pass per class, not per pixel

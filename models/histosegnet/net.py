@@ -9,9 +9,7 @@ normalisation, as in the published Keras model; BN eps 1e-3, Keras momentum 0.99
     head    maxpool 2, dropout 0.5, global max pooling, dense -> classes (logits; sigmoid outside)
 
 The network takes inputs already standardised with the single scalar mean/std of the training
-patches (the family applies it; see ``models.histosegnet.family``). Its ``thresholds`` buffer
-holds the per-class decision thresholds on the sigmoid scores, so that they travel with the
-weights in every checkpoint.
+patches (the family applies it; see ``models.histosegnet.family``).
 
 The first seven convolutions are those of VGG16 and load from a local ImageNet VGG16 file
 (:func:`load_vgg16_weights`, mapping :data:`VGG16_MAPPING`).
@@ -105,7 +103,6 @@ class HistoNet(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(c3[-1], classes)
-        self.register_buffer("thresholds", torch.full((classes,), 0.5))
         self._init_weights()
 
     def _init_weights(self) -> None:

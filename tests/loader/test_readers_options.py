@@ -143,5 +143,8 @@ def test_patch_labels_csv_multi_hot_and_class_merge(tmp_path: Path) -> None:
 
 def test_patch_labels_csv_bad_value(tmp_path: Path) -> None:
     (tmp_path / "labels.csv").write_text("name,a,b\np1,1,2\n")
+    with pytest.raises(UserError, match=r"labels.csv:2: row 'p1', column 'b' is '2'; expected 0 or 1"):
+        read_dataset("patch_labels", tmp_path)
+    (tmp_path / "labels.csv").write_text("name,a,b\np1,1\n")
     with pytest.raises(UserError, match=r"labels.csv:2: expected 2 columns of 0/1"):
         read_dataset("patch_labels", tmp_path)

@@ -15,19 +15,25 @@ from engine.optim import schedule_factor
 from engine.run import RunRequest, run
 from misc.errors import UserError
 from models import get_family
-from models.histosegnet.family import HistoSegNetFamily, class_weights, weighted_bce
+from models.histosegnet.family import HistoSegNetFamily, class_weights, classifier_input, weighted_bce
 
 
 def demo_family() -> HistoSegNetFamily:
     return get_family("histosegnet")(config.load_config("histosegnet", "demo"))
 
 
-@pytest.mark.parametrize("profile", ["paper", "cpu", "demo"])
-def test_profiles_resolve_and_build(profile: str) -> None:
+@pytest.mark.parametrize("profile, passes, output", [
+    ("paper", ["morph", "func"], ("Background", "Other", "G.O", "G.N", "T")),
+    ("cpu", ["tissue"], ("background", "epithelium", "stroma", "lymphoid", "adipose")),
+    ("demo", ["tissue"], ("background", "epithelium", "stroma", "lymphoid", "adipose")),
+    ("consep", ["consep"], ("tissue", "other", "inflammatory", "epithelial", "spindle-shaped", "background")),
+])
+def test_profiles_resolve_and_build(profile: str, passes: list[str], output: tuple[str, ...]) -> None:
     family = get_family("histosegnet")(config.load_config("histosegnet", profile))
     assert family.name == "histosegnet"
-    passes = family.resolved_passes()
-    assert [p.spec.name for p in passes] == (["morph", "func"] if profile == "paper" else ["tissue"])
+    assert family.task_for("train") == "patch" and family.task_for("infer") == "semantic" and family.needs_grad
+    assert [p.spec.name for p in family.resolved_passes()] == passes
+    assert tuple(name for name, _ in family.class_info().values()) == output  # the last pass's classes
     assert family.crf_params().bilat_compat == (200.0 if profile == "demo" else 50.0)  # demo: tuned on synthetic tiles
     if profile == "demo":
         net = family.build_network()
@@ -54,6 +60,20 @@ def test_target_builder_resizes_and_checks_labels() -> None:
         builder({"image": sample["image"], "labels": np.array([1, 0])})
     with pytest.raises(UserError, match="0 or 1"):
         builder({"image": sample["image"], "labels": np.array([1, 2, 0, 0])})
+
+
+def test_patches_smaller_than_the_input_are_mirror_padded_as_published() -> None:
+    rows = np.arange(60, dtype=np.uint8)[:, None, None]
+    image = np.broadcast_to(rows, (60, 100, 3)).copy()  # a vertical ramp, 60 x 100 px
+    out = classifier_input(image, 224, 224)  # same scale: pasted in the middle, mirrored around it
+    top = (224 - 60) // 2
+    assert out.shape == (224, 224, 3)
+    assert (out[top : top + 60, 62] == image[:, 0]).all()
+    assert (out[top - 1, 62] == image[0, 0]).all() and (out[top - 2, 62] == image[1, 0]).all()  # c b a | a b c
+    assert (out[:, 0] == out[:, 223]).all() and (out[:, 10] == out[:, 200]).all()  # columns: one value per row
+    half = classifier_input(np.full((112, 112, 3), 90, np.uint8), 112, 224)  # window 224 px -> 112 px input
+    assert half.shape == (112, 112, 3) and (half == 90).all()
+    assert classifier_input(np.zeros((300, 250, 3), np.uint8), 224, 224).shape == (224, 224, 3)  # >= window: resized
 
 
 class View(list):
@@ -99,20 +119,47 @@ def test_class_weighted_bce() -> None:
     assert weighted_bce(logits, labels, None) == pytest.approx(float(terms.mean()))
 
 
-def test_patch_prediction_postprocess_and_scores() -> None:
+def test_prediction_maps_postprocess_and_patch_scores() -> None:
     family = demo_family()
     family.norm_stats = {"mean": [128.0], "std": [50.0]}
     net = family.build_network().eval()
-    out = family.predict(net, torch.rand(2, 3, 224, 224) * 255)
-    assert out["class_prob"].shape == (2, 4, 224, 224) and "gradcam" not in out
-    family.cfg["infer"]["gradcam"] = True
-    out = family.predict(net, torch.rand(2, 3, 112, 112) * 255)  # windows resized to the input and back
-    assert out["gradcam"].shape == (2, 4, 112, 112)
-    raw = {"class_prob": np.tile(np.array([0.9, 0.2, 0.6, 0.1], np.float32), (4, 4, 1))}
+    windows = torch.rand(2, 3, 112, 112) * 255  # windows resized to the input, maps back to the window
+    out = family.predict(net, windows)
+    assert out["gradcam"].shape == (2, 4, 112, 112) and out["class_prob"].shape == (2, 4)
+    assert torch.equal(out["rgb"], windows)
+    family.extra_state = {"thresholds": [1.1, 0.0, 1.1, 0.0]}  # classes 0 and 2 never pass: zero maps
+    out = family.predict(net, windows)
+    assert float(out["gradcam"][:, [0, 2]].abs().max()) == 0.0 and float(out["gradcam"][:, [1, 3]].max()) > 0.0
+    family.extra_state = {"thresholds": [0.5, 0.5, 0.5, 0.15]}
+    rng = np.random.default_rng(0)
+    raw = {"class_prob": np.tile(np.array([0.9, 0.2, 0.6, 0.1], np.float32), (2, 2, 1)),
+           "gradcam": rng.random((40, 50, 4), dtype=np.float32), "rgb": rng.integers(0, 256, (40, 50, 3)).astype(np.float32)}
     result = family.postprocess(raw, mag=40)
     assert result["labels"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert list(result["stages"]) == ["gradcam", "adjusted", "crf"] and result["class_map"] is result["stages"]["crf"]
+    assert all(m.shape == (40, 50) and m.dtype == np.int32 and m.max() < 5 for m in result["stages"].values())
+    assert (result["stages"]["gradcam"] != 0).all()  # background is not a Grad-CAM class
     scores = family.evaluate(result, {"labels": np.array([1, 0, 0, 0])})
-    assert scores == pytest.approx({"accuracy": 0.75, "exact": 0.0, "f1": 2 / 3})
+    assert scores["f1"] == pytest.approx(2 / 3) and scores["exact_match"] == 0.0
+    assert scores == family.evaluate(result, {"type_map": np.array([[0, 1], [0, 0]])})  # labels from a type map
+    with pytest.raises(UserError, match=r"raw maps \['gradcam', 'rgb'\]"):
+        family.postprocess({"class_prob": raw["class_prob"]})
+    maps_only = family.postprocess({"gradcam": raw["gradcam"], "rgb": raw["rgb"]})  # e.g. a slide tile's dense maps
+    assert np.array_equal(maps_only["class_map"], result["class_map"]) and "labels" not in maps_only
+    with pytest.raises(UserError, match="postproc.crf.iterations"):
+        family.postprocess(raw, crf={"iterations": 1000})
+
+
+def test_calibrate_sets_roc_optimal_thresholds_in_the_family_state() -> None:
+    family = demo_family()
+    probs = [[0.9, 0.3, 0.2, 0.5], [0.4, 0.8, 0.1, 0.5], [0.7, 0.2, 0.6, 0.5]]
+    truth = [[1, 0, 0, 1], [0, 1, 0, 1], [1, 0, 1, 1]]
+    family.calibrate([{"class_prob": np.array(p)} for p in probs], [{"labels": np.array(t)} for t in truth])
+    assert family.extra_state["thresholds"] == pytest.approx([0.7, 0.8, 0.6, 0.5])  # class 3: all positive, keeps 0.5
+    assert family.thresholds().dtype == np.float32
+    family.extra_state["thresholds"] = [0.5]
+    with pytest.raises(UserError, match="stored thresholds name 1 classes"):
+        family.thresholds()
 
 
 def test_engine_serves_synthetic_tissue_tiles_with_patch_labels() -> None:
@@ -145,6 +192,8 @@ def test_data_with_other_classes_is_refused(tmp_path) -> None:
     ("postproc.crf.bilat_srgb=-2", "bilat_srgb"),
     ("segmentation.mode=morph", "not among the classifier's classes"),
     ("model.width=0", "model.width"),
+    ("infer.output_size=200", "infer.output_size"),
+    ("segmentation.output=func", "segmentation.output"),
 ])
 def test_bad_settings_stop_before_training(override: str, message: str) -> None:
     with pytest.raises(UserError, match=message):

@@ -36,8 +36,7 @@ def reference_cam(net: HistoNet, image: torch.Tensor, c: int) -> torch.Tensor:
 def test_matches_the_published_recipe_and_zeroes_classes_under_threshold() -> None:
     net = tiny_net()
     images = torch.randn(3, 3, 32, 32)
-    net.thresholds.copy_(torch.tensor([0.0, 1.1, 0.0]))  # class 1 never passes
-    cams, scores = grad_cam(net, images)
+    cams, scores = grad_cam(net, images, torch.tensor([0.0, 1.1, 0.0]))  # class 1 never passes
     assert cams.shape == (3, 3, 32, 32) and scores.shape == (3, 3)
     assert float(cams[:, 1].abs().max()) == 0.0
     for n in range(3):
@@ -48,18 +47,16 @@ def test_matches_the_published_recipe_and_zeroes_classes_under_threshold() -> No
 
 def test_batch_independent_and_works_under_inference_mode() -> None:
     net = tiny_net()
-    net.thresholds.zero_()
-    images = torch.randn(4, 3, 32, 32)
+    images, thresholds = torch.randn(4, 3, 32, 32), torch.zeros(3)
     with torch.inference_mode():
-        batched, _ = grad_cam(net, images)
-    alone, _ = grad_cam(net, images[2:3])
+        batched, _ = grad_cam(net, images, thresholds)
+    alone, _ = grad_cam(net, images[2:3], thresholds)
     assert torch.allclose(batched[2:3], alone, atol=1e-5)
 
 
 def test_forced_classes_pass_whatever_their_score() -> None:
     net = tiny_net()
-    net.thresholds.fill_(2.0)
     images = torch.randn(2, 3, 32, 32)
-    cams, _ = grad_cam(net, images, forced=torch.tensor([False, True, False]))
+    cams, _ = grad_cam(net, images, torch.full((3,), 2.0), forced=torch.tensor([False, True, False]))
     assert float(cams[:, [0, 2]].abs().max()) == 0.0
     assert float(cams[:, 1].amax()) > 0.0
