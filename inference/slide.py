@@ -435,6 +435,7 @@ class RawStore:
 
         self.path, self.journal_path = work / "raw.h5", work / "batches.done"
         self.done: set[int] = set()
+        self.dropped: set[str] = set()  # per-window vector outputs left out of the store
         try:
             self.h5 = h5py.File(self.path, "a")
             if self.journal_path.is_file():
@@ -463,8 +464,11 @@ class RawStore:
                 start = k
         for name, values in outputs.items():
             if values.ndim != 4:
-                raise UserError(f"output '{name}' is one vector per window {values.shape}; slides store "
-                                "(N, h, w, C) maps (run per-window classifiers on image folders)")
+                if name not in self.dropped:
+                    log.warning("output '%s' is one vector per window %s; slides store (N, h, w, C) maps only, "
+                                "so it is left out (run per-window classifiers on image folders)", name, values.shape)
+                    self.dropped.add(name)
+                continue
             if name not in self.h5:
                 self.h5.create_dataset(name, shape=(*shape, values.shape[3]), dtype="f2", fillvalue=0,
                                        chunks=(min(STORE_CHUNK, shape[0]), min(STORE_CHUNK, shape[1]),

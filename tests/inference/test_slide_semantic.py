@@ -98,3 +98,18 @@ def test_patch_families_are_refused(slide_path: Path, tmp_path: Path, monkeypatc
     monkeypatch.setattr(family, "task", "patch")
     with pytest.raises(UserError, match="slides take families with instance or semantic results"):
         run_slide(family, net, slide_path, tmp_path, "cpu", SlideOptions(**OPTIONS))
+
+
+def test_per_window_vectors_are_left_out_of_the_slide_store(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from inference.slide import RawStore
+
+    store = RawStore(tmp_path)
+    dense = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3) / 100
+    keep = np.array([[0, 4, 0, 4], [0, 4, 4, 8]])
+    for _ in range(2):
+        store.write({"maps": dense, "scores": np.ones((2, 5), np.float32)}, keep, np.array([[0, 0], [0, 4]]), (4, 8))
+    read = store.read((0, 4, 0, 8))
+    store.close()
+    assert sorted(read) == ["maps"]
+    np.testing.assert_allclose(read["maps"], np.concatenate(list(dense), axis=1), atol=1e-3)
+    assert sum("'scores' is one vector per window" in r.getMessage() for r in caplog.records) == 1
