@@ -11,8 +11,8 @@ input is a slide (``.svs``, ``.ndpi``, ``.mrxs``, ``.scn``, pyramidal or OME-TIF
 holding slides, each slide runs end to end (see ``inference/slide.py``: ``OUT/<stem>/`` gets
 GeoJSON, SQLite, HoVer-Net JSON, overlay TIFF, thumbnail and summary; a semantic family its
 class-map TIFF, GeoJSON annotations and areas; a family that infers slides itself, such as
-h2gnet, a class-map TIFF, GeoJSON annotations, its pictures, a raw file for ``process.py`` and a
-summary, see ``inference/slide_family.py``); under ``torchrun
+h2gnet, the same class-map files, its pictures, a raw file for ``process.py`` and a summary,
+see ``inference/slide_family.py``); under ``torchrun
 --nproc_per_node N`` the slides are shared among the processes. Otherwise every image is
 predicted into a raw file for ``process.py``. Exit code 0 when every image/slide was done (or
 already done), 1 when some images could not be read (they are listed), 2 on a usage error

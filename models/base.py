@@ -103,7 +103,8 @@ class SlideMaps:
         downsample: level-0 pixels per ``class_map`` pixel (along both axes).
         tiff_downsample: level-0 pixels per pixel of the class-map TIFF (the class map upsampled
             by nearest neighbours; at most ``downsample``).
-        class_info: class id -> ``(name, (r, g, b))`` of ``class_map``'s classes (0 = background).
+        class_info: class id -> ``(name, (r, g, b))`` of ``class_map``'s classes (0 = background,
+            left out of the GeoJSON).
         maps: named (h', w', C) float32 maps for the raw file ``process.py`` reads (the family's
             ``postprocess`` and :meth:`Family.score_result` take them), with ``image`` below.
         image: (h', w', 3) uint8 picture of the slide on the grid of ``maps``.

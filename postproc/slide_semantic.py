@@ -6,10 +6,13 @@ downsample 8) and writes, each atomically, into a folder:
 
 - ``<stem>.classes.tif``: the class colours as a pyramidal tiled RGB TIFF
   (:func:`postproc.pyramid.write_pyramid_tiff`; reduced levels subsample, so every pixel
-  keeps a class colour), its pixel size ``slide_mpp x downsample`` in the resolution tags;
+  keeps a class colour), its pixel size ``slide_mpp x downsample`` in the resolution tags, or
+  with ``tiff_downsample`` the map upsampled by nearest neighbours to ``slide_mpp x
+  tiff_downsample`` (band by band);
 - ``<stem>.probability.tif`` (with a probability map): the probability as a grey pyramid
   (0-255 for 0-1), same geometry;
-- ``<stem>.classes.geojson``: one QuPath ``annotation`` feature per class present, a
+- ``<stem>.classes.geojson``: one QuPath ``annotation`` feature per class present (but the
+  ids in ``skip_geojson``), a
   MultiPolygon with holes along the pixel edges (:func:`postproc.semantic.class_polygons`)
   in level-0 pixel-corner coordinates (map corner (x, y) is level-0 point (x d, y d));
   ``measurements`` ``area_px`` (level-0 pixels) and ``area_mm2``;
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -41,33 +46,49 @@ SUFFIXES = {"classes": ".classes.tif", "probability": ".probability.tif", "geojs
 AREA_COLUMNS = ("class_id", "class", "pixels", "level0_pixels", "area_mm2")
 
 
-class _Coloured:
-    """Row-sliceable (h, w, 3) uint8 view of a class map in its class colours (for the pyramid writer)."""
+def nearest_sources(start: int, stop: int, size: int, source_size: int) -> np.ndarray:
+    """(stop - start,) int64 source index of each index in [start, stop) of a nearest-neighbour
+    resize of ``source_size`` samples to ``size`` (pixel centres mapped onto pixel centres)."""
+    return np.minimum(((np.arange(start, stop) + 0.5) * source_size / size).astype(np.int64), source_size - 1)
 
-    def __init__(self, class_map: np.ndarray, class_info: TypeInfo) -> None:
-        self.class_map = class_map
-        size = max(class_info) + 1
-        self.lookup = np.zeros((size, 3), np.uint8)
-        for class_id, (_, colour) in class_info.items():
-            self.lookup[class_id] = colour
-        self.shape = (*class_map.shape, 3)
+
+class _Resampled:
+    """Row-sliceable (H, W, C) uint8 view of an (h, w) map (array-like sliceable by rows)
+    resized by nearest neighbours to ``shape`` (H, W), read band by band (as
+    :func:`postproc.pyramid.write_pyramid_tiff` reads); ``convert`` turns a (b, W) band of map
+    values into (b, W, C) uint8."""
+
+    def __init__(self, source: Any, shape: tuple[int, int], channels: int,
+                 convert: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.source = source
+        self.shape = (int(shape[0]), int(shape[1]), channels)
         self.dtype = np.dtype(np.uint8)
+        self.convert = convert
+        self._cols = nearest_sources(0, self.shape[1], self.shape[1], source.shape[1])
 
     def __getitem__(self, rows: slice) -> np.ndarray:
-        return self.lookup[np.asarray(self.class_map[rows], np.int64)]
+        start, stop, _ = rows.indices(self.shape[0])
+        if self.shape[:2] == tuple(self.source.shape):                          # not resized
+            return self.convert(np.asarray(self.source[start:stop]))
+        if stop <= start:
+            return np.zeros((0, *self.shape[1:]), np.uint8)
+        sources = nearest_sources(start, stop, self.shape[0], self.source.shape[0])
+        band = np.asarray(self.source[int(sources[0]): int(sources[-1]) + 1])   # contiguous read (h5py too)
+        return self.convert(band[(sources - sources[0])[:, None], self._cols[None, :]])
 
 
-class _Grey:
-    """Row-sliceable (h, w, 1) uint8 view of a probability map in [0, 1] (0-255)."""
+def coloured(class_map: np.ndarray, class_info: TypeInfo, shape: tuple[int, int]) -> _Resampled:
+    """(H, W, 3) uint8 view of the class map in its class colours, resized to ``shape``."""
+    lookup = np.zeros((max(class_info) + 1, 3), np.uint8)
+    for class_id, (_, colour) in class_info.items():
+        lookup[class_id] = colour
+    return _Resampled(class_map, shape, 3, lambda band: lookup[np.asarray(band, np.int64)])
 
-    def __init__(self, prob: np.ndarray) -> None:
-        self.prob = prob
-        self.shape = (*prob.shape, 1)
-        self.dtype = np.dtype(np.uint8)
 
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        values = np.asarray(self.prob[rows], np.float32)
-        return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)[..., None]
+def grey(prob: Any, shape: tuple[int, int]) -> _Resampled:
+    """(H, W, 1) uint8 view of a probability map in [0, 1] as grey 0-255, resized to ``shape``."""
+    return _Resampled(prob, shape, 1,
+                      lambda band: np.clip(np.rint(np.asarray(band, np.float32) * 255.0), 0, 255).astype(np.uint8)[..., None])
 
 
 def class_counts(class_map: np.ndarray, class_info: TypeInfo) -> np.ndarray:
@@ -91,12 +112,14 @@ def area_rows(counts: np.ndarray, class_info: TypeInfo, downsample: float, slide
     return rows
 
 
-def slide_class_geojson(class_map: np.ndarray, class_info: TypeInfo, downsample: float, slide_mpp: float) -> dict:
-    """FeatureCollection of one QuPath ``annotation`` per class present (see the module docstring)."""
+def slide_class_geojson(class_map: np.ndarray, class_info: TypeInfo, downsample: float, slide_mpp: float,
+                        skip: Collection[int] = ()) -> dict:
+    """FeatureCollection of one QuPath ``annotation`` per class present but the ids in ``skip``
+    (see the module docstring)."""
     counts = class_counts(class_map, class_info)
     features = []
     for row in area_rows(counts, class_info, downsample, slide_mpp):
-        if row["pixels"] == 0:
+        if row["pixels"] == 0 or row["class_id"] in skip:
             continue
         polygons = class_polygons(np.asarray(class_map) == row["class_id"])
         coordinates = [[(np.asarray(ring) * float(downsample)).tolist() for ring in polygon] for polygon in polygons]
@@ -111,6 +134,13 @@ def slide_class_geojson(class_map: np.ndarray, class_info: TypeInfo, downsample:
             },
         })
     return {"type": "FeatureCollection", "features": features}
+
+
+def tiff_shape(map_shape: tuple[int, ...], downsample: float, tiff_downsample: float) -> tuple[int, int]:
+    """(H, W) of the TIFF of an (h, w) map at ``downsample`` upsampled to ``tiff_downsample``
+    level-0 pixels per pixel (at least 1 x 1)."""
+    factor = float(downsample) / float(tiff_downsample)
+    return (max(1, math.ceil(map_shape[0] * factor - 1e-6)), max(1, math.ceil(map_shape[1] * factor - 1e-6)))
 
 
 def _check(class_map: np.ndarray, downsample: float, slide_mpp: float, prob: np.ndarray | None) -> None:
@@ -133,6 +163,8 @@ def write_slide_classes(
     slide_mpp: float,
     prob: np.ndarray | None = None,
     tile: int = 256,
+    tiff_downsample: float | None = None,
+    skip_geojson: Collection[int] = (),
 ) -> dict[str, Any]:
     """Write a slide's class map as a pyramidal TIFF, QuPath GeoJSON annotations and areas.
 
@@ -148,17 +180,27 @@ def write_slide_classes(
         prob: optional (h, w) float probability in [0, 1] (of each pixel's class, or of one
             class of interest), array-like sliceable by rows (e.g. an ``h5py`` dataset).
         tile: TIFF tile side (multiple of 16).
+        tiff_downsample: level-0 pixels per TIFF pixel, in [1, ``downsample``]: the TIFFs are the
+            maps upsampled by nearest neighbours (e.g. to a pixel size a viewer expects);
+            None: ``downsample`` (one TIFF pixel per map pixel).
+        skip_geojson: class ids left out of the GeoJSON (e.g. a background class; they stay
+            in the TIFF and the areas).
 
     Returns:
         ``{'files': {kind: Path}, 'areas': area rows (:func:`area_rows`), 'class_mpp': µm/px
-        of the map}``; ``kind`` in ``classes``, ``probability`` (with ``prob``), ``geojson``, ``areas``.
+        of the map, 'tiff_mpp': µm/px of the TIFFs}``; ``kind`` in ``classes``, ``probability``
+        (with ``prob``), ``geojson``, ``areas``.
 
     Raises:
         UserError: a map that is not (h, w) integers, ids outside ``class_info``, a
-            probability map of another shape, or a non-positive downsample or pixel size.
+            probability map of another shape, a non-positive downsample or pixel size, or
+            a TIFF downsample outside [1, ``downsample``].
     """
     class_map = np.asarray(class_map)
     _check(class_map, downsample, slide_mpp, prob)
+    if tiff_downsample is not None and not 1.0 <= tiff_downsample <= downsample:
+        raise UserError(f"slide class-map TIFF downsample {tiff_downsample} must lie in [1, {downsample}]")
+    tiff_downsample = float(downsample if tiff_downsample is None else tiff_downsample)
     if class_info is None:
         class_info = generic_class_info(class_map)
     else:
@@ -167,14 +209,16 @@ def write_slide_classes(
     out.mkdir(parents=True, exist_ok=True)
     files = {kind: out / f"{stem}{suffix}" for kind, suffix in SUFFIXES.items() if kind != "probability" or prob is not None}
     class_mpp = float(slide_mpp) * float(downsample)
-    write_pyramid_tiff(files["classes"], _Coloured(class_map, class_info), mpp=class_mpp, tile=tile, labels=True)
+    tiff_mpp = float(slide_mpp) * float(tiff_downsample)
+    shape = tiff_shape(class_map.shape, downsample, tiff_downsample)
+    write_pyramid_tiff(files["classes"], coloured(class_map, class_info, shape), mpp=tiff_mpp, tile=tile, labels=True)
     if prob is not None:
-        write_pyramid_tiff(files["probability"], _Grey(prob), mpp=class_mpp, tile=tile)
+        write_pyramid_tiff(files["probability"], grey(prob, shape), mpp=tiff_mpp, tile=tile)
     with atomic_write(files["geojson"], "w") as handle:
-        json.dump(slide_class_geojson(class_map, class_info, downsample, slide_mpp), handle)
+        json.dump(slide_class_geojson(class_map, class_info, downsample, slide_mpp, skip_geojson), handle)
     rows = area_rows(class_counts(class_map, class_info), class_info, downsample, slide_mpp)
     with atomic_write(files["areas"], "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=AREA_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    return {"files": files, "areas": rows, "class_mpp": class_mpp}
+    return {"files": files, "areas": rows, "class_mpp": class_mpp, "tiff_mpp": tiff_mpp}

@@ -71,15 +71,46 @@ def test_without_class_info_classes_get_generic_names(tmp_path: Path) -> None:
     assert [(r["class_id"], r["class"], r["pixels"]) for r in rows] == [(0, "class 0", 1400), (2, "class 2", 200)]
 
 
+def test_tiff_upsampled_and_background_left_out_of_the_geojson(tmp_path: Path) -> None:
+    classes = class_map((90, 120))[::2, ::2]
+    prob = np.linspace(0, 1, classes.size, dtype=np.float32).reshape(classes.shape)
+    written = write_slide_classes(tmp_path, "s", classes, 8.0, CLASS_INFO, SLIDE_MPP, prob=prob, tile=32,
+                                  tiff_downsample=2.0, skip_geojson=(0,))
+    assert written["tiff_mpp"] == pytest.approx(0.5) and written["class_mpp"] == pytest.approx(2.0)
+    lookup = np.array([CLASS_INFO[c][1] for c in sorted(CLASS_INFO)], np.uint8)
+    block = np.ones((4, 4), np.int64)
+    with tifffile.TiffFile(tmp_path / "s.classes.tif") as tif:
+        np.testing.assert_array_equal(tif.pages[0].asarray(), lookup[np.kron(classes, block)])
+        per_cm = tif.pages[0].tags["XResolution"].value
+        assert per_cm[0] / per_cm[1] == pytest.approx(1e4 / 0.5)              # 2 level-0 px of 0.25 µm
+    grey = tifffile.imread(tmp_path / "s.probability.tif", key=0)
+    np.testing.assert_array_equal(grey, np.kron(np.rint(prob * 255).astype(np.uint8), block.astype(np.uint8)))
+    features = json.loads((tmp_path / "s.classes.geojson").read_text())["features"]
+    assert sorted(int(f["id"]) for f in features) == [1, 2, 3]
+    assert [r["class_id"] for r in written["areas"]] == [0, 1, 2, 3]             # areas keep the background
+
+
+def test_uneven_upsampling_maps_pixel_centres_to_pixel_centres(tmp_path: Path) -> None:
+    classes = np.arange(12, dtype=np.int32).reshape(3, 4) % 4
+    write_slide_classes(tmp_path, "s", classes, 3.0, CLASS_INFO, SLIDE_MPP, tiff_downsample=2.0, tile=16)
+    ids = tifffile.imread(tmp_path / "s.classes.tif", key=0)[..., 0]
+    assert ids.shape == (5, 6)                                                # ceil(3 x 1.5), ceil(4 x 1.5)
+    source_cols = np.minimum(((np.arange(6) + 0.5) / 1.5).astype(int), 3)
+    expected = np.array([CLASS_INFO[c][1][0] for c in range(4)], np.uint8)[classes[:, source_cols]]
+    np.testing.assert_array_equal(ids[[0, 2, 4]], expected)                   # rows 0, 2, 4: map rows 0, 1, 2
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(class_map=np.full((8, 8), 7, np.int32)), r"class ids \[7\] are not in class info"),
     (dict(class_map=np.zeros((8, 8), np.float32)), "integer class ids"),
     (dict(prob=np.zeros((4, 4), np.float32)), "probability map is"),
     (dict(downsample=0.0), "must be > 0"),
+    (dict(tiff_downsample=4.0), r"TIFF downsample 4.0 must lie in \[1, 2.0\]"),
+    (dict(tiff_downsample=0.5), r"TIFF downsample 0.5 must lie in"),
 ])
 def test_bad_input_is_one_user_error_and_no_file(tmp_path: Path, bad: dict, message: str) -> None:
-    args = dict(class_map=np.zeros((8, 8), np.int32), downsample=2.0, prob=None) | bad
+    args = dict(class_map=np.zeros((8, 8), np.int32), downsample=2.0, prob=None, tiff_downsample=None) | bad
     with pytest.raises(UserError, match=message):
         write_slide_classes(tmp_path, "s", args["class_map"], args["downsample"], CLASS_INFO, SLIDE_MPP,
-                            prob=args["prob"])
+                            prob=args["prob"], tiff_downsample=args["tiff_downsample"])
     assert list(tmp_path.iterdir()) == []

@@ -93,10 +93,15 @@ def test_infer_writes_mask_geojson_heatmap_and_summary(run_dir, slide_outputs):
     assert 0 < summary["tissue_area_mm2"] < 1.048576 and 0 <= summary["tumour_area_mm2"] <= 1.048576   # 1024² µm²
     assert summary["classes"]["Tumor"]["area_mm2"] == pytest.approx(summary["tumour_area_mm2"])
     with tifffile.TiffFile(folder / "test_003.classes.tif") as tif:
-        mask = tif.pages[0].asarray()
-    assert mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 1}      # infer.mask_mpp 4 µm of a 1 mm slide
+        colours = tif.pages[0].asarray()
+    assert colours.shape == (256, 256, 3) and summary["tiff_mpp"] == 4.0   # infer.mask_mpp 4 µm of a 1 mm slide
+    mask = (colours == (200, 0, 0)).all(-1)                                # opt/h2gnet.yaml's Tumor colour
+    assert np.array_equal(mask, colours.any(-1))                            # the rest is black background
     assert mask.sum() * 16 * 1e-6 == pytest.approx(summary["tumour_area_mm2"], rel=0.02)
-    features = json.loads((folder / "test_003.geojson").read_text())["features"]
+    with open(folder / "test_003.areas.csv", newline="") as handle:
+        areas = {row["class"]: float(row["area_mm2"]) for row in csv.DictReader(handle)}
+    assert areas["Tumor"] == pytest.approx(summary["tumour_area_mm2"]) and set(areas) == {"background", "Tumor"}
+    features = json.loads((folder / "test_003.classes.geojson").read_text())["features"]
     if summary["tumour_area_mm2"] > 0:
         assert [f["properties"]["classification"]["name"] for f in features] == ["Tumor"]
         polygons = features[0]["geometry"]["coordinates"]
