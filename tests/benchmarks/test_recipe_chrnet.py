@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 from config import load_config
@@ -20,8 +21,15 @@ def _bash(command: str, *args: str) -> list[str]:
     return result.stdout.splitlines()
 
 
+def _settings(field: str) -> list[str]:
+    """A field of recipes.yaml's consep_chrnet, as the recipe reads it."""
+    result = subprocess.run([sys.executable, "-m", "benchmarks.recipes.settings", "consep_chrnet", field], cwd=REPO_ROOT,
+                            capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
 def _train_options(ablation: bool) -> list[str]:
-    words = [_bash('printf "%s\\n" "$CONSEP_GROUPINGS"')[0]]
+    words = [w for w in _settings("train-options") if w != "--set"]
     if ablation:
         words += [w for w in _bash('printf "%s\\n" "${ABLATION_OPTIONS[@]}"') if w != "--set"]
     return words
@@ -60,6 +68,4 @@ def test_summary_is_one_json_line_with_both_f1s(tmp_path: Path):
 
 
 def test_epoch_ceiling_is_the_consep_profile_s():
-    key, value = _bash('printf "%s\\n" "$CONSEP_EPOCHS"')[0].split("=")
-    assert key == "train.phases.0.epochs"
-    assert int(value) == load_config("chrnet", "consep")["train"]["phases"][0]["epochs"]
+    assert int(_settings("cpu-ceiling")[0]) == load_config("chrnet", "consep")["train"]["phases"][0]["epochs"]
