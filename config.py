@@ -261,9 +261,17 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--verbose", action="store_true", help="debug messages")
 
 
+#: Libraries whose debug records (e.g. PIL's per-chunk PNG decoding, thousands per epoch) stay
+#: out of ``run.log``: they log from INFO up.
+QUIET_LIBRARIES = ("PIL", "matplotlib", "h5py", "tifffile", "zarr", "numcodecs", "fsspec", "asyncio")
+
+
 def setup_logging(run_dir: str | os.PathLike | None = None, quiet: bool = False, verbose: bool = False) -> None:
-    """Log to stderr (level from --quiet/--verbose) and, with ``run_dir``, to ``run_dir/run.log``."""
+    """Log to stderr (level from --quiet/--verbose) and, with ``run_dir``, to ``run_dir/run.log``
+    (everything of ours from DEBUG up; :data:`QUIET_LIBRARIES` from INFO up)."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    for library in QUIET_LIBRARIES:
+        logging.getLogger(library).setLevel(logging.INFO)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

@@ -26,6 +26,7 @@ from misc.errors import UserError
 from misc.io import atomic_write
 from models import get_family, load_plugins
 from models.tasks import all_formats, patch_class_names, semantic_class_info, task_kind
+from postproc.semantic import ClassIdError
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def _guarded(ref: RawRef, *args: Any) -> ImageOutcome | tuple[str, UserError]:
     """:func:`process_image` returning a per-image :class:`UserError` instead of raising it."""
     try:
         return process_image(ref, *args)
-    except TaskMismatch:
+    except (TaskMismatch, ClassIdError):
         raise
     except UserError as err:
         return ref.name, err

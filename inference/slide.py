@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -58,6 +59,7 @@ from tqdm import tqdm
 
 from inference.folder import write_failure
 from inference.predict import family_predictor, inference_precision
+from inference.slide_semantic import assemble_classes, class_pixels, process_semantic_tile
 from inference.tiling import AxisPlan, TileSpec, plan_axis
 from loader.slide import RegionError, Slide, SlideView, open_slide
 from loader.tissue import load_mask, mask_mpp_for, tissue_mask
@@ -66,11 +68,15 @@ from misc.io import atomic_write, write_image
 from postproc.formats import PALETTE, UNTYPED_CLASS, TypeInfo, pixel_edge_ring, type_class
 from postproc.nucleidb import NucleiWriter, polygon_wkb
 from postproc.pyramid import write_pyramid_tiff
+from postproc.semantic import generic_class_info
+from postproc.slide_semantic import write_slide_classes
 
 log = logging.getLogger(__name__)
 
 STORE_CHUNK = 256
 WORK = ".work"
+#: Class 0 of a semantic slide's map where the class info does not name it (where no tile ran).
+BACKGROUND_CLASS = ("background", (255, 255, 255))
 OUTPUT_SUFFIXES = {
     "geojson": ".geojson", "db": ".db", "json": ".json", "overlay": ".overlay.tif",
     "thumbnail": ".thumbnail.png", "tissue": ".tissue.png", "summary": ".summary.json",
@@ -442,6 +448,9 @@ class RawStore:
                 runs.append((start, k))
                 start = k
         for name, values in outputs.items():
+            if values.ndim != 4:
+                raise UserError(f"output '{name}' is one vector per window {values.shape}; slides store "
+                                "(N, h, w, C) maps (run per-window classifiers on image folders)")
             if name not in self.h5:
                 self.h5.create_dataset(name, shape=(*shape, values.shape[3]), dtype="f2", fillvalue=0,
                                        chunks=(min(STORE_CHUNK, shape[0]), min(STORE_CHUNK, shape[1]),
@@ -615,6 +624,125 @@ def overlay_factor(net_mpp: float, overlay_mpp: float, tile: int) -> int:
     return int(min(2**exponent, tile & -tile))
 
 
+# ----------------------------------------------------------------------------- what each task writes
+
+
+@dataclass
+class FinishedSlide:
+    """A slide whose tiles are all post-processed: what the task's output writer needs.
+
+    Attributes:
+        tile_paths: every processing tile's ``.npz``, in tile order.
+        factor: reduction of the overlay / class map from the network's resolution.
+        low_res: (h, w, 3) uint8 slide at the tissue mask's resolution.
+    """
+
+    family: Any
+    options: SlideOptions
+    slide: Slide
+    view: SlideView
+    out_dir: Path
+    work: Path
+    grid: Grid
+    tile_paths: list[Path]
+    net_mpp: float
+    factor: int
+    low_res: np.ndarray
+    tissue_mm2: float
+
+    @property
+    def stem(self) -> str:
+        """The slide's file stem (output names)."""
+        return self.slide.path.stem
+
+    def cores(self) -> list[tuple[Path, tuple[int, int, int, int]]]:
+        """Each tile's file and core box."""
+        return [(path, self.grid.core(*self.grid.tiles[i])) for i, path in enumerate(self.tile_paths)]
+
+
+@dataclass(frozen=True)
+class SlideTask:
+    """How the results of one task (``Family.task_for('infer')``) are made and written on slides.
+
+    Attributes:
+        tile: ``(family, options, mag, factor) -> process``, where ``process(raw, extended,
+            core)`` post-processes one tile's maps into the arrays its ``.npz`` keeps.
+        outputs: writes the slide's outputs from a :class:`FinishedSlide`; returns the task's
+            part of the summary.
+    """
+
+    tile: Callable[[Any, SlideOptions, float, int], Callable[..., dict[str, np.ndarray]]]
+    outputs: Callable[[FinishedSlide], dict[str, Any]]
+
+
+def _instance_tile(family: Any, options: SlideOptions, mag: float, factor: int) -> Callable[..., dict]:
+    type_count = int(family.cfg.get("model", {}).get("nr_types") or 0)
+    colours = overlay_colours(options.type_info, max(type_count, len(PALETTE) + 1))
+    return functools.partial(process_tile, family, mag=mag, colours=colours, factor=factor)
+
+
+def _instance_outputs(done: FinishedSlide) -> dict[str, Any]:
+    """Nuclei GeoJSON, database and HoVer-Net JSON, the overlay pyramid and the thumbnail."""
+    stem, out_dir, type_info = done.stem, done.out_dir, done.options.type_info
+    ctx = OutputContext(stem, done.slide, done.net_mpp, type_info, done.family.name)
+    written = write_outputs(out_dir, done.tile_paths, ctx, mag=round(10.0 / done.slide.mpp, 3))
+    with contextlib.closing(assemble_overlay(done.work / "overlay.h5", done.cores(), done.view.shape,
+                                             done.factor)) as store:
+        write_pyramid_tiff(out_dir / f"{stem}{OUTPUT_SUFFIXES['overlay']}", store["overlay"],
+                           mpp=done.net_mpp * done.factor)
+        write_image(out_dir / f"{stem}{OUTPUT_SUFFIXES['thumbnail']}", thumbnail(done.low_res, store["overlay"]))
+    per_type = {type_class(t, type_info)[0]: n for t, n in sorted(written["per_type"].items(),
+                                                                  key=lambda item: -1 if item[0] is None else item[0])}
+    tissue = done.tissue_mm2
+    density = {name: (n / tissue if tissue > 0 else 0.0) for name, n in per_type.items()}
+    return {
+        "nuclei": int(written["nuclei"]),
+        "nuclei_per_type": per_type,
+        "nuclei_per_mm2": {"all": (written["nuclei"] / tissue if tissue > 0 else 0.0), **density},
+        "overlay_mpp": done.net_mpp * done.factor,
+    }
+
+
+def slide_class_info(family: Any, options: SlideOptions) -> TypeInfo | None:
+    """The classes of a semantic family's slide outputs: ``--type-info``, else the family's
+    ``postproc.class_info``, else None (generic names)."""
+    return options.type_info if options.type_info is not None else family.class_info()
+
+
+def _semantic_tile(family: Any, options: SlideOptions, mag: float, factor: int) -> Callable[..., dict]:
+    return functools.partial(process_semantic_tile, family, mag=mag, factor=factor,
+                             class_info=slide_class_info(family, options))
+
+
+def _semantic_outputs(done: FinishedSlide) -> dict[str, Any]:
+    """The class map at ``net_mpp x factor`` through :func:`postproc.slide_semantic.write_slide_classes`;
+    class areas at the network's resolution for the summary. Where no tile ran the map holds
+    class 0, the background (named ``background``, white, when the class info lacks id 0)."""
+    pixels = class_pixels(done.tile_paths)
+    class_info = slide_class_info(done.family, done.options) or generic_class_info(np.array([0, *pixels]))
+    class_info = {0: BACKGROUND_CLASS, **class_info} if 0 not in class_info else class_info
+    with contextlib.closing(assemble_classes(done.work / "classes.h5", done.cores(), done.view.shape,
+                                             done.factor, max(class_info))) as store:
+        confidence = store["confidence"] if "confidence" in store else None
+        written = write_slide_classes(done.out_dir, done.stem, store["classes"][...],
+                                      done.net_mpp * done.factor / done.slide.mpp, class_info, done.slide.mpp,
+                                      prob=confidence)
+    area = {class_info[c][0]: pixels.get(c, 0) * done.net_mpp**2 / 1e6 for c in sorted(class_info)}
+    return {
+        "class_mpp": written["class_mpp"],
+        "class_area_mm2": area,
+        "class_share_of_tissue": {name: (mm2 / done.tissue_mm2 if done.tissue_mm2 > 0 else 0.0)
+                                  for name, mm2 in area.items()},
+    }
+
+
+#: What each task gives on slides (a family's other tasks are refused).
+SLIDE_TASKS: dict[str, SlideTask] = {
+    "instance": SlideTask(_instance_tile, _instance_outputs),
+    "semantic": SlideTask(_semantic_tile, _semantic_outputs),
+}
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -701,6 +829,10 @@ def _run_slide(family: Any, net: nn.Module, slide_path: str | os.PathLike, outpu
     spec = dataclasses.replace(TileSpec.from_config(infer_cfg), scale=1.0)
     if spec.resize_shorter is not None:
         raise UserError(f"family '{family.name}' predicts whole images (infer.resize_shorter); slides need windows")
+    task = family.task_for("infer")
+    if task not in SLIDE_TASKS:
+        raise UserError(f"family '{family.name}' gives {task} results; slides take families with "
+                        f"{' or '.join(SLIDE_TASKS)} results")
     if float(infer_cfg.get("bn_adapt") or 0.0) > 0:
         log.warning("infer.bn_adapt is not applied to slides (the statistics of one window batch would vary)")
     view = slide.view(net_mpp)
@@ -721,8 +853,6 @@ def _run_slide(family: Any, net: nn.Module, slide_path: str | os.PathLike, outpu
     _prepare_work(work, _plan_fingerprint(grid, family, spec, net_mpp, slide))
     write_image(out_dir / f"{stem}{OUTPUT_SUFFIXES['tissue']}", np.repeat(mask[..., None] * np.uint8(255), 3, 2))
     factor = overlay_factor(net_mpp, options.overlay_mpp, options.tile)
-    type_count = int(family.cfg.get("model", {}).get("nr_types") or 0)
-    colours = overlay_colours(options.type_info, max(type_count, len(PALETTE) + 1))
     colour = None
     if getattr(family, "reinhard_target", None) is not None:
         from loader.colour import lab_statistics
@@ -732,26 +862,22 @@ def _run_slide(family: Any, net: nn.Module, slide_path: str | os.PathLike, outpu
 
     tile_paths = {i: work / "tiles" / f"{r}_{c}.npz" for i, (r, c) in enumerate(grid.tiles)}
     pending_tiles = [i for i in tile_paths if not tile_paths[i].is_file()]
-    mag = 10.0 / net_mpp
-    _network_stage(family, net, device, grid, view, spec, work, options, pending_tiles, tile_paths, colours, factor,
-                   mag, colour, stem, seconds, lap)
+    slide_task = SLIDE_TASKS[task]
+    process = slide_task.tile(family, options, 10.0 / net_mpp, factor)
+    _network_stage(family, net, device, grid, view, spec, work, options, pending_tiles, tile_paths, process, colour,
+                   stem, seconds, lap)
 
-    ctx = OutputContext(stem, slide, net_mpp, options.type_info, family.name)
-    ordered = [tile_paths[i] for i in range(len(grid.tiles))]
-    written = write_outputs(out_dir, ordered, ctx, mag=round(10.0 / slide.mpp, 3))
-    with contextlib.closing(assemble_overlay(work / "overlay.h5",
-                                             [(tile_paths[i], grid.core(*grid.tiles[i])) for i in tile_paths],
-                                             view.shape, factor)) as store:
-        write_pyramid_tiff(out_dir / f"{stem}{OUTPUT_SUFFIXES['overlay']}", store["overlay"], mpp=net_mpp * factor)
-        write_image(out_dir / f"{stem}{OUTPUT_SUFFIXES['thumbnail']}", thumbnail(low_res, store["overlay"]))
+    finished = FinishedSlide(family, options, slide, view, out_dir, work, grid,
+                             [tile_paths[i] for i in range(len(grid.tiles))], net_mpp, factor, low_res, tissue_mm2)
+    results = slide_task.outputs(finished)
     lap("outputs")
     seconds["total"] = round(sum(v for k, v in seconds.items() if not k.endswith("_busy")), 3)
 
     errors = _load_errors(work / "errors.jsonl") + [
         {"box": list(e.box), "level0_box": _level0_box(e.box, mask_mpp / slide.mpp), "reason": e.reason,
          "stage": "tissue"} for e in thumb_errors]
-    summary = _summary(slide, view, grid, tissue_mm2, mask_mpp, net_mpp, written, options.type_info, errors,
-                       seconds, factor, options.mask)
+    summary = _summary(slide, view, grid, tissue_mm2, mask_mpp, net_mpp, task, results, errors, seconds,
+                       options.mask)
     with atomic_write(summary_path, "w") as handle:
         json.dump(summary, handle, indent=1)
     shutil.rmtree(work, ignore_errors=True)
@@ -766,9 +892,10 @@ def _level0_box(box: tuple[int, int, int, int] | list[int], scale: float) -> lis
 
 def _network_stage(family: Any, net: nn.Module, device: str | torch.device, grid: Grid, view: SlideView,
                    spec: TileSpec, work: Path, options: SlideOptions, pending_tiles: list[int],
-                   tile_paths: dict[int, Path], colours: np.ndarray, factor: int, mag: float,
+                   tile_paths: dict[int, Path], process: Callable[..., dict[str, np.ndarray]],
                    colour: Callable | None, stem: str, seconds: dict[str, float], lap: Callable[[str], None]) -> None:
-    """Run the batches unfinished tiles need, storing outputs and post-processing tiles as they complete."""
+    """Run the batches unfinished tiles need, storing outputs and post-processing tiles as they complete
+    (``process(raw, extended, core)`` -> the tile's arrays)."""
     store = RawStore(work)
     needed = sorted(set().union(*(set(grid.tile_batches[i].tolist()) for i in pending_tiles)) - store.done) \
         if pending_tiles else []
@@ -802,7 +929,7 @@ def _network_stage(family: Any, net: nn.Module, device: str | torch.device, grid
     def run_tile(i: int, raw: dict[str, np.ndarray]) -> None:
         start = time.perf_counter()
         row, col = grid.tiles[i]
-        arrays = process_tile(family, raw, grid.extended(row, col), grid.core(row, col), mag, colours, factor)
+        arrays = process(raw, grid.extended(row, col), grid.core(row, col))
         save_tile(tile_paths[i], arrays)
         with lock:
             timing["postproc"] += time.perf_counter() - start
@@ -903,11 +1030,9 @@ def _network_stage(family: Any, net: nn.Module, device: str | torch.device, grid
 
 
 def _summary(slide: Slide, view: SlideView, grid: Grid, tissue_mm2: float, mask_mpp: float, net_mpp: float,
-             written: dict[str, Any], type_info: TypeInfo | None, errors: list[dict], seconds: dict[str, float],
-             factor: int, mask_file: Any) -> dict[str, Any]:
-    per_type = {type_class(t, type_info)[0]: n for t, n in sorted(written["per_type"].items(),
-                                                                  key=lambda item: -1 if item[0] is None else item[0])}
-    density = {name: (n / tissue_mm2 if tissue_mm2 > 0 else 0.0) for name, n in per_type.items()}
+             task: str, results: dict[str, Any], errors: list[dict], seconds: dict[str, float],
+             mask_file: Any) -> dict[str, Any]:
+    """The summary JSON: the slide, its geometry and tissue, the task's ``results``, errors, seconds."""
     return {
         "slide": str(slide.path),
         "backend": slide.backend,
@@ -923,10 +1048,8 @@ def _summary(slide: Slide, view: SlideView, grid: Grid, tissue_mm2: float, mask_
         "windows": {"grid": int(len(grid.rows.input_starts) * len(grid.cols.input_starts)),
                     "run": int(len(grid.windows)), "batch_size": grid.batch_size},
         "tiles": {"processed": int(len(grid.tiles)), "side": grid.tile, "margin": grid.margin},
-        "nuclei": int(written["nuclei"]),
-        "nuclei_per_type": per_type,
-        "nuclei_per_mm2": {"all": (written["nuclei"] / tissue_mm2 if tissue_mm2 > 0 else 0.0), **density},
-        "overlay_mpp": net_mpp * factor,
+        "task": task,
+        **results,
         "unreadable_regions": errors,
         "seconds": seconds,
     }

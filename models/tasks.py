@@ -80,9 +80,9 @@ def _overlay_instance(family: Any, image: np.ndarray, result: dict) -> np.ndarra
 
 def default_class_info(class_ids: np.ndarray) -> TypeInfo:
     """``class N`` names and palette colours for the ids present, when no class info is given."""
-    from postproc.formats import PALETTE
+    from postproc.semantic import generic_class_info
 
-    return {int(i): (f"class {int(i)}", PALETTE[int(i) % len(PALETTE)]) for i in np.unique(class_ids)}
+    return generic_class_info(class_ids)
 
 
 def semantic_class_info(family: Any, class_map: np.ndarray, given: TypeInfo | None, source: str) -> TypeInfo:

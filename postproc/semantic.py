@@ -18,23 +18,35 @@ from scipy import ndimage
 
 from misc.errors import UserError
 from misc.io import atomic_path, atomic_write
-from postproc.formats import TypeInfo, region_edge_rings
+from postproc.formats import PALETTE, TypeInfo, region_edge_rings
 
 #: Largest side a PNG label image may have; larger maps are written as TIFF.
 PNG_MAX_SIDE = 65_535
+
+
+class ClassIdError(UserError):
+    """A class map holding ids its class info does not name: the class info (or the family)
+    is wrong for the whole set, so ``process.py`` stops with this one line instead of skipping
+    the image."""
 
 
 def check_class_ids(class_map: np.ndarray, class_info: TypeInfo, source: str, info_source: str = "class info") -> None:
     """Refuse class ids that ``class_info`` does not name.
 
     Raises:
-        UserError: naming ``source`` (the map), the ids it holds and those ``info_source`` has.
+        ClassIdError: naming ``source`` (the map), the ids it holds and those ``info_source`` has.
     """
     present = np.unique(np.asarray(class_map))
     unknown = sorted(int(v) for v in present if int(v) not in class_info)
     if unknown:
-        raise UserError(f"{source}: class ids {unknown[:8]} are not in {info_source} "
+        raise ClassIdError(f"{source}: class ids {unknown[:8]} are not in {info_source} "
                         f"(it has ids {sorted(class_info)}); expected a class map with those ids")
+
+
+def generic_class_info(class_ids: np.ndarray) -> TypeInfo:
+    """``class N`` names and palette colours for the ids present in ``class_ids``, when no
+    class info is given."""
+    return {int(i): (f"class {int(i)}", PALETTE[int(i) % len(PALETTE)]) for i in np.unique(class_ids)}
 
 
 def label_path(folder: str | os.PathLike, name: str, shape: tuple[int, int]) -> Path:

@@ -128,3 +128,16 @@ def test_run_record_has_provenance(family_dir: Path, tmp_path: Path) -> None:
     assert record["seed"] == 10
     assert {"commit", "dirty"} <= set(record["git"])
     assert record["versions"]["torch"] and record["host"]["name"]
+
+
+def test_run_log_keeps_our_debug_records_and_drops_library_chatter(tmp_path: Path) -> None:
+    import logging
+
+    config.setup_logging(tmp_path, quiet=True)
+    logging.getLogger("engine.loop").debug("ours")
+    logging.getLogger("PIL.PngImagePlugin").debug("STREAM b'IDAT'")
+    logging.getLogger("PIL.Image").info("library info")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    text = (tmp_path / "run.log").read_text()
+    assert "ours" in text and "library info" in text and "IDAT" not in text

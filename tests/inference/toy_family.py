@@ -78,6 +78,32 @@ class ToyFamily(Family):
         return {"inst_map": inst_map, "type_map": instance_type_map(inst_map, info), "inst_info": info}
 
 
+TOY_CLASSES = {0: ("background", (255, 255, 255)), 1: ("tissue", (230, 150, 200)), 2: ("dark", (30, 30, 160))}
+
+
+class ToySemanticFamily(ToyFamily):
+    """The toy family as a semantic one: class 0 (background) where ``np_prob`` < 0.2, 1
+    (tissue) below 0.4, 2 (dark) above (thresholds between the toy's 1/765 steps, so that
+    float16 storage moves no pixel across); ``confidence`` is ``np_prob``."""
+
+    name = "toy_semantic"
+    task = "semantic"
+
+    def postprocess(self, raw: dict[str, np.ndarray], **options: Any) -> dict[str, Any]:
+        ToyFamily.last_options = dict(options)
+        prob = raw["np_prob"][..., 0]
+        return {"class_map": np.digitize(prob, [0.2005, 0.4005]).astype(np.int32), "confidence": prob}
+
+
+def toy_semantic_family(**infer: Any) -> tuple[ToySemanticFamily, nn.Module]:
+    """A :class:`ToySemanticFamily` with :data:`TOY_CLASSES` as its class info, and its network."""
+    cfg = {**TOY_CONFIG, "infer": {**TOY_CONFIG["infer"], **infer}, "model": dict(TOY_CONFIG["model"]),
+           "postproc": {"class_info": {str(k): [name, list(colour)] for k, (name, colour) in TOY_CLASSES.items()}},
+           "family": "toy_semantic"}
+    family = ToySemanticFamily(cfg)
+    return family, family.build_network().eval()
+
+
 def expected_np_prob(image: np.ndarray) -> np.ndarray:
     """(H, W, 1) float32 ``np_prob`` the toy family predicts for ``image``."""
     return (1 - image.astype(np.float64).mean(axis=2, keepdims=True) / 255).astype(np.float32)
