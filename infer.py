@@ -1,4 +1,4 @@
-"""Predict with a trained checkpoint: raw maps for a folder of image tiles, or nuclei for whole slides.
+"""Predict with a trained checkpoint: raw maps for a folder of image tiles, or nuclei and class maps for whole slides.
 
 ``python infer.py --model-path CKPT [CKPT ...] --input DIR_OR_FILE --output DIR [--batch-size N]
 [--tta/--no-tta] [--device D] [--mag 20|40] [--workers N] [--format npz|h5] [--bn-adapt W]
@@ -9,7 +9,8 @@ overrides the options given. Several checkpoints form an ensemble on image folde
 are averaged (:mod:`inference.ensemble`; the first one's family post-processes them). When the
 input is a slide (``.svs``, ``.ndpi``, ``.mrxs``, ``.scn``, pyramidal or OME-TIFF) or a folder
 holding slides, each slide runs end to end (see ``inference/slide.py``: ``OUT/<stem>/`` gets
-GeoJSON, SQLite, HoVer-Net JSON, overlay TIFF, thumbnail and summary); under ``torchrun
+GeoJSON, SQLite, HoVer-Net JSON, overlay TIFF, thumbnail and summary; a semantic family its
+class-map TIFF, GeoJSON annotations and areas); under ``torchrun
 --nproc_per_node N`` the slides are shared among the processes. Otherwise every image is
 predicted into a raw file for ``process.py``. Exit code 0 when every image/slide was done (or
 already done), 1 when some images could not be read (they are listed), 2 on a usage error
@@ -54,8 +55,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--mag", type=int, default=None,
                         help="magnification of the images, e.g. 20 or 40 (default infer.mag); used by post-processing")
     parser.add_argument("--bn-adapt", type=float, default=None, metavar="W",
-                        help="adapt BatchNorm statistics to each image: W x the image's + (1 - W) x the trained "
-                             "(0 = off, 1 = the image's only; default infer.bn_adapt)")
+                        help="adapt BatchNorm statistics to each image (a slide: a sample of its tissue windows): "
+                             "W x the image's + (1 - W) x the trained (0 = off, 1 = the image's only; "
+                             "default infer.bn_adapt)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="run the network under bf16 autocast (fp16 on GPUs without bf16; on a CPU only with "
                              "native bf16); default infer.amp of the checkpoint's config (infer.channels_last "
@@ -105,7 +107,8 @@ def run_on_slides(args: argparse.Namespace, slides: list) -> int:
                         "not on slides; give one checkpoint")
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     family, net, _ = load_checkpoint(args.model_path[0], device)
-    family = with_infer_overrides(family, tta=args.tta, batch_size=args.batch_size, amp=args.amp)
+    family = with_infer_overrides(family, tta=args.tta, batch_size=args.batch_size, amp=args.amp,
+                                  bn_adapt=args.bn_adapt)
     options = SlideOptions(
         slide_mpp=args.slide_mpp, mask=args.mask, batch_size=args.batch_size, tile=args.tile,
         readers=args.workers, postproc_workers=args.postproc_workers, show_progress=not args.quiet,

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from engine.data import sample_dict
-from inference.predict import infer_image
+from inference.predict import predict_image
 from loader.keys import sample_keys
 from metrics import mean_rows
 from models.base import Family
+from models.tasks import with_class_grid
 
 OVERLAY_IMAGES = 3
 
@@ -37,14 +38,14 @@ def validate(
     kept: tuple[list, list] = ([], [])
     for sample in samples:
         truth = sample_dict(sample, sample_keys(family.sample_keys))
-        raw = infer_image(family, net, truth["image"], device, amp_dtype=amp_dtype)
-        result = family.postprocess(raw, mag=cfg["infer"].get("mag"))
+        sink = predict_image(family, net, truth["image"], device, amp_dtype=amp_dtype)
+        result = family.postprocess(sink.maps, mag=cfg["infer"].get("mag"))
         rows.append(family.evaluate(result, truth))
         if calibrates:
             kept[0].append(result)
             kept[1].append(truth)
         if len(overlays) < OVERLAY_IMAGES:
-            picture = family.overlay(truth["image"], result)
+            picture = family.overlay(truth["image"], with_class_grid(result, sink.maps, sink.grids))
             if picture is not None:
                 overlays.append(picture)
     if calibrates:

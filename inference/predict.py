@@ -29,7 +29,7 @@ from inference.tiling import ArraySink, TileSpec, predict_tiled
 from inference.tta import tta_average, tta_transforms
 from misc.errors import UserError
 from misc.precision import autocast_dtype, channels_last_allowed
-from models.base import Family
+from models.base import Family, StageMaps
 
 
 def check_adapt_weight(weight: float) -> float:
@@ -212,7 +212,7 @@ def stage_image(family: Any, image: np.ndarray) -> tuple[np.ndarray, ArraySink |
     if chain is None:
         return prepared, None
     previous = chain.run(image)
-    return family.stage_input(prepared, previous.maps), previous
+    return family.stage_input(prepared, StageMaps(previous.maps, previous.grids)), previous
 
 
 def predict_image(
@@ -303,15 +303,16 @@ class StageChain:
         for index, (family, net) in enumerate(self.stages):
             array = family.preprocess_image(image)
             if index:
-                array = family.stage_input(array, collected.maps)
+                array = family.stage_input(array, StageMaps(collected.maps, collected.grids))
             sink = predict_array(family, net, array, self.device)
             collected.maps.update(sink.maps)
             collected.grids.update(sink.grids)
         return collected
 
-    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """The earlier stages' named maps of ``image``."""
-        return self.run(image).maps
+    def __call__(self, image: np.ndarray) -> StageMaps:
+        """The earlier stages' named maps of ``image``, with the grid maps' geometry."""
+        collected = self.run(image)
+        return StageMaps(collected.maps, collected.grids)
 
 
 def chain_stages(family: Any, meta: dict, device: str | torch.device) -> Any:

@@ -25,7 +25,7 @@ from metrics.scoring import LabelPair, central_crop, print_table, score_pairs, t
 from misc.errors import UserError
 from misc.io import atomic_write
 from models import get_family, load_plugins
-from models.tasks import all_formats, patch_class_names, semantic_class_info, task_kind
+from models.tasks import all_formats, patch_class_names, placed_class_map, semantic_class_info, task_kind, with_class_grid
 from postproc.semantic import ClassIdError
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,8 @@ def process_image(
     info_source = "the --type-info file" if type_info is not None else "postproc.class_info"
     class_info = type_info
     if task == "semantic":
+        result = with_class_grid(result, raw.maps, raw.grids)
+        result = {**result, "class_map": placed_class_map(result, raw.image.shape[:2])}
         class_info = semantic_class_info(family, np.asarray(result["class_map"]), type_info, f"{where} (class map)")
     elif task == "patch":
         class_info = type_info if type_info is not None else family.class_info()

@@ -26,6 +26,11 @@ The pipeline of one slide, as a splitter, the network call and a merger (MONAI/T
    ``overlay_mpp``), ``<stem>.thumbnail.png`` (the slide with the overlay), ``<stem>.tissue.png``
    (the mask) and, last, ``<stem>.summary.json``. Then ``.work`` is removed.
 
+Semantic families (``task_for('infer') == 'semantic'``) take the same steps with another tile
+post-processing and other outputs (:mod:`inference.slide_semantic`: the class map per tile,
+reduced to about ``overlay_mpp``, written by :func:`postproc.slide_semantic.write_slide_classes`);
+:data:`SLIDE_TASKS` holds the two.
+
 Resuming: a run killed at any point (SIGKILL included) and started again skips the batches in
 the journal and the tiles already written; a store that no longer opens is rebuilt (only the
 batches unfinished tiles need are run again). Batches are always the same windows, so the
@@ -58,7 +63,8 @@ from torch import nn
 from tqdm import tqdm
 
 from inference.folder import write_failure
-from inference.predict import family_predictor, inference_precision
+from inference.predict import adapted_batchnorm, check_adapt_weight, family_predictor, inference_precision, \
+    with_infer_overrides
 from inference.slide_semantic import assemble_classes, class_pixels, process_semantic_tile
 from inference.tiling import AxisPlan, TileSpec, plan_axis
 from loader.slide import RegionError, Slide, SlideView, open_slide
@@ -100,6 +106,8 @@ class SlideOptions:
         prefetch: batches read ahead of the network.
         type_info: ``{type: (name, (r, g, b))}`` names and colours of nucleus types.
         show_progress: a progress bar per slide (windows done, ETA).
+        bn_adapt_windows: with ``infer.bn_adapt`` > 0, the tissue windows (spread evenly over
+            the slide's) whose BatchNorm statistics the network adapts to before the pass.
     """
 
     slide_mpp: float | None = None
@@ -113,12 +121,13 @@ class SlideOptions:
     prefetch: int = 2
     type_info: TypeInfo | None = None
     show_progress: bool = True
+    bn_adapt_windows: int = 64
 
     def check(self) -> None:
         """Raise a :class:`UserError` for impossible values."""
         if self.tile < 64 or self.margin < 0 or self.margin >= self.tile:
             raise UserError(f"slide tiles: need tile >= 64 and 0 <= margin < tile, got {self.tile}, {self.margin}")
-        for name in ("readers", "postproc_workers", "prefetch"):
+        for name in ("readers", "postproc_workers", "prefetch", "bn_adapt_windows"):
             if getattr(self, name) < 1:
                 raise UserError(f"slide option {name} must be >= 1, got {getattr(self, name)}")
         if not self.overlay_mpp > 0:
@@ -279,7 +288,10 @@ class WindowReader:
 
     def batch(self, index: int) -> tuple[np.ndarray, list[RegionError]]:
         """(N, S, S, 3) uint8 windows of batch ``index`` and the errors met reading them."""
-        cells = self.grid.windows[index * self.grid.batch_size : (index + 1) * self.grid.batch_size]
+        return self.cells(self.grid.windows[index * self.grid.batch_size : (index + 1) * self.grid.batch_size])
+
+    def cells(self, cells: np.ndarray) -> tuple[np.ndarray, list[RegionError]]:
+        """(N, S, S, 3) uint8 windows of the (N, 2) grid ``cells`` and the errors met reading them."""
         results = list(self.pool.map(lambda cell: self.window(int(cell[0]), int(cell[1])), cells))
         windows = np.stack([window for window, _ in results])
         if self.colour is not None:
@@ -833,8 +845,7 @@ def _run_slide(family: Any, net: nn.Module, slide_path: str | os.PathLike, outpu
     if task not in SLIDE_TASKS:
         raise UserError(f"family '{family.name}' gives {task} results; slides take families with "
                         f"{' or '.join(SLIDE_TASKS)} results")
-    if float(infer_cfg.get("bn_adapt") or 0.0) > 0:
-        log.warning("infer.bn_adapt is not applied to slides (the statistics of one window batch would vary)")
+    check_adapt_weight(infer_cfg.get("bn_adapt") or 0.0)
     view = slide.view(net_mpp)
     lap("open")
 
@@ -888,6 +899,34 @@ def _run_slide(family: Any, net: nn.Module, slide_path: str | os.PathLike, outpu
 def _level0_box(box: tuple[int, int, int, int] | list[int], scale: float) -> list[int]:
     x, y, width, height = box
     return [int(round(x * scale)), int(round(y * scale)), int(round(width * scale)), int(round(height * scale))]
+
+
+def adaptation_cells(windows: np.ndarray, count: int) -> np.ndarray:
+    """At most ``count`` of the (n, 2) tissue windows, spread evenly over them (row-major order)."""
+    if len(windows) <= count:
+        return windows
+    return windows[np.unique(np.linspace(0, len(windows) - 1, count).round().astype(np.int64))]
+
+
+def adapted_to_slide(family: Any, net: nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
+                     reader: WindowReader, grid: Grid, count: int) -> contextlib.AbstractContextManager:
+    """Context in which ``net``'s BatchNorm statistics are adapted to the slide (``infer.bn_adapt``
+    = w > 0, see :func:`inference.predict.adapted_batchnorm`): up to ``count`` tissue windows
+    spread evenly over the slide (:func:`adaptation_cells`, the same on every run, so a resumed
+    slide is adapted as before) run through the network in batches, without TTA, and each
+    BatchNorm layer normalises with w x their statistics + (1 - w) x the trained ones. w = 0:
+    nothing changes."""
+    weight = check_adapt_weight(family.cfg["infer"].get("bn_adapt") or 0.0)
+    if weight == 0.0:
+        return contextlib.nullcontext()
+    observe = family_predictor(with_infer_overrides(family, tta=False), net, device, amp_dtype)
+    cells = adaptation_cells(grid.windows, count)
+
+    def collect() -> None:
+        for start in range(0, len(cells), grid.batch_size):
+            observe(reader.cells(cells[start : start + grid.batch_size])[0])
+
+    return adapted_batchnorm(net, weight, collect)
 
 
 def _network_stage(family: Any, net: nn.Module, device: str | torch.device, grid: Grid, view: SlideView,
@@ -989,7 +1028,13 @@ def _network_stage(family: Any, net: nn.Module, device: str | torch.device, grid
                dynamic_ncols=True)
     was_training = net.training
     net.eval()
+    adaptation = contextlib.ExitStack()
     try:
+        if needed:
+            start = time.perf_counter()
+            adaptation.enter_context(adapted_to_slide(family, net, device, amp_dtype, reader, grid,
+                                                      options.bn_adapt_windows))
+            timing["bn_adapt"] = time.perf_counter() - start
         for _ in needed:
             start = time.perf_counter()
             item = next_batch()
@@ -1019,6 +1064,7 @@ def _network_stage(family: Any, net: nn.Module, device: str | torch.device, grid
         writer_thread.join(timeout=60)
         raise
     finally:
+        adaptation.close()
         net.train(was_training)
         bar.close()
         reader.close()

@@ -20,6 +20,7 @@ from loader.colour import lab_statistics, reinhard_normalise
 from misc.errors import UserError
 from misc.io import read_image
 from models.tasks import semantic_truth, task_kind
+from postproc.grid import place_grid
 from postproc.semantic import class_info_from
 
 
@@ -32,15 +33,33 @@ def under_prefix(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
 
 
-def previous_at(previous: dict[str, np.ndarray], shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Earlier stages' maps at an image's size: each (h, w, C) map (dense, or a grid of one
-    value per window) resized with nearest neighbours to ``shape`` (H, W), one float32 (H, W)
-    array per channel, keyed ``<name>`` (C = 1) or ``<name>_<c>``."""
+class StageMaps(dict):
+    """Earlier stages' named maps of an image, ``{name: (h, w, C) array}``: dense maps at the
+    image's pixels, or grid maps (R, K, C) with one value per window; ``grids`` holds each grid
+    map's geometry (``{name: GridGeometry or {'step', 'size', 'offset'}}``, see
+    :mod:`postproc.grid`) so that it can be placed on the image."""
 
+    def __init__(self, maps: Mapping[str, np.ndarray] = (), grids: Mapping[str, Any] | None = None) -> None:
+        super().__init__(maps)
+        self.grids = dict(grids or {})
+
+
+def previous_at(previous: Mapping[str, np.ndarray], shape: tuple[int, int],
+                grids: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Earlier stages' maps at an image's size (H, W), one float32 (H, W) array per channel,
+    keyed ``<name>`` (C = 1) or ``<name>_<c>``.
+
+    A grid map (one value per window) is placed by its geometry (:func:`postproc.grid.place_grid`):
+    ``grids``, else ``previous.grids`` of a :class:`StageMaps`. Any other map of another size
+    is resized with nearest neighbours.
+    """
+    grids = grids if grids is not None else getattr(previous, "grids", {})
     out = {}
     for name, values in previous.items():
         values = np.asarray(values, np.float32)
-        if values.shape[:2] != tuple(shape):
+        if name in grids:
+            values = place_grid(values, grids[name], shape)
+        elif values.shape[:2] != tuple(shape):
             values = cv2.resize(values, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).reshape(*shape, -1)
         for c in range(values.shape[2]):
             out[name if values.shape[2] == 1 else f"{name}_{c}"] = np.ascontiguousarray(values[..., c])
@@ -122,7 +141,9 @@ class Family(ABC):
     def previous_sample_maps(self, image: np.ndarray, previous: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Training of a later stage: the earlier stages' maps of a sample as (H, W) arrays added
         to it before augmentation (so the geometric augmentations move them with the image).
-        Default: :func:`previous_at` (every map at the image's size, one key per channel)."""
+        ``previous`` is a :class:`StageMaps` (grid maps with their geometry).
+        Default: :func:`previous_at` (every map at the image's size, grid maps placed by their
+        geometry, one key per channel)."""
         return previous_at(previous, image.shape[:2])
 
     def calibrate(self, results: list[dict[str, Any]], samples: list[dict[str, Any]]) -> None:
@@ -131,7 +152,8 @@ class Family(ABC):
 
     def stage_input(self, image: np.ndarray, previous: dict[str, np.ndarray]) -> np.ndarray:
         """A later stage's input array: the (H, W, 3) uint8 image (after ``preprocess_image``)
-        and the earlier stages' maps ((H, W, C) dense or (R, K, C) per-window grid maps) →
+        and the earlier stages' maps (a :class:`StageMaps`: (H, W, C) dense or (R, K, C)
+        per-window grid maps with their geometry; :func:`previous_at` places them) →
         the (H', W', C') array this stage's windows are cut from (float, 0-255 for image
         channels). Default: the image."""
         return image

@@ -134,12 +134,36 @@ def semantic_truth(family: Any, sample: dict) -> np.ndarray:
                     "a semantic family is scored against per-pixel class maps")
 
 
+def with_class_grid(result: dict, maps: dict[str, np.ndarray], grids: dict[str, Any]) -> dict:
+    """``result`` with ``class_grid`` set when its class map has one value per window: the
+    geometry of the grid map of the same (R, K) shape among ``maps`` (``grids``: their geometry)."""
+    class_map = result.get("class_map")
+    if class_map is None or "class_grid" in result:
+        return result
+    shape = np.shape(class_map)[:2]
+    for name, geometry in grids.items():
+        if name in maps and np.shape(maps[name])[:2] == shape:
+            return {**result, "class_grid": geometry}
+    return result
+
+
+def placed_class_map(result: dict, shape: tuple[int, int]) -> np.ndarray:
+    """The result's class map on an image of ``shape`` (H, W): placed by its ``class_grid``
+    geometry when it has one value per window (:func:`postproc.grid.place_grid`), else as it is."""
+    from postproc.grid import place_grid
+
+    class_map = np.asarray(result["class_map"])
+    if result.get("class_grid") is None or class_map.shape[:2] == tuple(shape):
+        return class_map
+    return place_grid(class_map, result["class_grid"], shape)
+
+
 def _overlay_semantic(family: Any, image: np.ndarray, result: dict) -> np.ndarray | None:
     if "class_map" not in result:
         return None
     from postproc.semantic import colour_overlay
 
-    class_map = np.asarray(result["class_map"])
+    class_map = placed_class_map(result, image.shape[:2])
     info = family.class_info() or default_class_info(class_map)
     return colour_overlay(image, class_map, {**default_class_info(class_map), **info})
 

@@ -269,8 +269,8 @@ class CascadeFamily(Family):
         return {"heat": probs} if self.stage == "detect" else {"fg_prob": probs}
 
     def stage_input(self, image: np.ndarray, previous: dict[str, np.ndarray]) -> np.ndarray:
-        """(H, W, 4) float32: RGB and the detect heatmap (nearest-upsampled) x 255."""
-        heat = previous_at({"heat": previous["heat"]}, image.shape[:2])["heat"]
+        """(H, W, 4) float32: RGB and the detect heatmap (placed by its window geometry) x 255."""
+        heat = previous_at(previous, image.shape[:2])["heat"]
         return np.concatenate([np.asarray(image, np.float32), heat[..., None] * 255.0], axis=2)
 
     def postprocess(self, raw: dict[str, np.ndarray], **options: Any) -> dict[str, Any]:
