@@ -152,7 +152,20 @@ def build_splits(data_cfg: dict, seed: int) -> tuple[Any, Any]:
         train, val = Subset(full, train_idx), Subset(full, val_idx)
     if len(train) == 0:
         raise UserError(f"data source '{source}': no training samples (check the path, split and data.val_fraction)")
+    if source != "synthetic":
+        check_readable(val)
     return train, val
+
+
+def check_readable(samples: Any) -> None:
+    """Read every sample once (then let it go), so that an unreadable validation image or label
+    map stops the run before training rather than at the first validation.
+
+    Raises:
+        UserError: from the reader, naming the file at fault.
+    """
+    for index in range(len(samples)):
+        sample_dict(samples[index])
 
 
 def sample_dict(sample: Any, keys: Sequence[str] = SAMPLE_KEYS) -> dict[str, Any]:

@@ -216,9 +216,11 @@ class RawRef:
         missing = [key for key in META_NAMES if meta.get(key) is None]
         if missing:
             raise UserError(f"{where}: raw prediction lacks {missing}; write it with infer.py")
+        maps = {key: np.asarray(value, np.float32) for key, value in arrays.items()}
+        check_finite(maps, where)
         return RawPrediction(
             name=self.name,
-            maps={key: np.asarray(value, np.float32) for key, value in arrays.items()},
+            maps=maps,
             family=str(meta["family"]),
             config=json.loads(str(meta["config"])),
             mag=int(meta["mag"]),
@@ -229,6 +231,19 @@ class RawRef:
             family_state=json.loads(str(meta["family_state"])) if meta.get("family_state") is not None else {},
             slide=json.loads(str(meta["slide"])) if meta.get("slide") is not None else {},
         )
+
+
+def check_finite(maps: dict[str, np.ndarray], where: str) -> None:
+    """Refuse maps holding NaN or infinite values (a diverged network, a damaged file).
+
+    Raises:
+        UserError: naming ``where``, the first such map and how many values are not finite.
+    """
+    for key, values in maps.items():
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise UserError(f"{where}: map '{key}' holds {bad} NaN or infinite values; predict the image again "
+                            "with infer.py (a checkpoint that gives NaN needs retraining)")
 
 
 def find_raw(input_path: str | os.PathLike) -> list[RawRef]:

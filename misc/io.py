@@ -154,6 +154,20 @@ def read_label(path: str | os.PathLike, key: str = "inst_map") -> np.ndarray:
     return stack if stack.ndim == 2 else stack[..., 0]
 
 
+def _mat_variables(path: Path) -> dict[str, np.ndarray]:
+    """The variables of a MATLAB file: version 5 through scipy, version 7.3 (HDF5) through
+    h5py, its column-major arrays transposed back to (H, W)."""
+    import scipy.io
+
+    try:
+        return scipy.io.loadmat(path)
+    except NotImplementedError:  # MATLAB 7.3 = HDF5
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            return {k: np.asarray(handle[k]).T for k in handle.keys() if isinstance(handle[k], h5py.Dataset)}
+
+
 def read_label_stack(path: str | os.PathLike, key: str = "inst_map") -> np.ndarray:
     """Read a label file as (H, W) or (H, W, C) int32 without dropping channels."""
     path = Path(path)
@@ -163,9 +177,7 @@ def read_label_stack(path: str | os.PathLike, key: str = "inst_map") -> np.ndarr
         if suffix == ".npy":
             array = np.load(path, allow_pickle=False)
         elif suffix == ".mat":
-            import scipy.io
-
-            mat = scipy.io.loadmat(path)
+            mat = _mat_variables(path)
             if key not in mat:
                 names = sorted(k for k in mat if not k.startswith("__"))
                 raise UserError(f"{path}: no variable '{key}' in .mat file (has {names})")
