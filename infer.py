@@ -148,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         family, net, meta = load_checkpoint(args.model_path[0], device)
+        if family.slides_only:
+            raise UserError(f"{args.input}: no slide found; family '{family.name}' infers whole slides only "
+                            "(anything OpenSlide opens, pyramidal or OME-TIFF), not image tiles")
         family = chain_stages(family, meta, device)
         report = run_folder(
             family, net, args.input, args.output, device,

@@ -152,6 +152,9 @@ class Family(ABC):
     #: ``predict`` needs autograd (e.g. Grad-CAM): inference then runs with gradients enabled
     #: instead of under ``torch.inference_mode()``, one batch of windows at a time.
     needs_grad: ClassVar[bool] = False
+    #: Inference runs on whole slides only (e.g. a cascade over a slide's thumbnail): ``infer.py``
+    #: refuses a folder of image tiles with one error line instead of tiling them.
+    slides_only: ClassVar[bool] = False
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg

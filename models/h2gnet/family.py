@@ -133,6 +133,7 @@ class H2GNetFamily(Family):
 
     name = "h2gnet"
     task: ClassVar[str] = "semantic"
+    slides_only: ClassVar[bool] = True
     stages: ClassVar[tuple[str, ...]] = STAGES
     class_names: ClassVar[tuple[str, ...]] = ("background", "tumour")
 

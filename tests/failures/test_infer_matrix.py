@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 import infer
-from tests.failures.conftest import BUILT_IN, EQUIVALENT, UNREADABLE, run_main, truncated_copy
+from tests.failures.conftest import BUILT_IN, EQUIVALENT, IMAGE_FAMILIES, UNREADABLE, run_main, truncated_copy
 from tests.inference.slide_helpers import make_slide
 
-pytestmark = pytest.mark.parametrize("family", BUILT_IN)
+from tests.failures.conftest import tiles
+
+SLIDES_ONLY = sorted(set(BUILT_IN) - set(IMAGE_FAMILIES))
 
 
 def _maps(path: Path) -> dict[str, np.ndarray]:
@@ -23,6 +25,7 @@ def _maps(path: Path) -> dict[str, np.ndarray]:
         return {key: raw[key] for key in raw.files if key != "source"}
 
 
+@pytest.mark.parametrize("family", IMAGE_FAMILIES)
 @pytest.mark.parametrize("case", list(UNREADABLE))
 def test_unreadable_image_is_skipped_and_reported(family: str, case: str, infer_runs) -> None:
     run = infer_runs(family)
@@ -36,6 +39,7 @@ def test_unreadable_image_is_skipped_and_reported(family: str, case: str, infer_
     assert (run.raw / "good.npz").is_file()
 
 
+@pytest.mark.parametrize("family", IMAGE_FAMILIES)
 @pytest.mark.parametrize("case", list(EQUIVALENT))
 def test_rgba_and_16_bit_images_give_the_maps_of_the_rgb_image(family: str, case: str, infer_runs) -> None:
     run = infer_runs(family)
@@ -51,6 +55,7 @@ def _previous_result(output: Path) -> bytes:
     return (output / "earlier.npz").read_bytes()
 
 
+@pytest.mark.parametrize("family", BUILT_IN)
 @pytest.mark.parametrize("case", ["missing input", "empty folder", "missing checkpoint", "truncated checkpoint"])
 def test_bad_input_or_checkpoint_is_one_error_line(family: str, case: str, checkpoints, tmp_path: Path) -> None:
     images, checkpoint = tmp_path / "images", checkpoints[family]
@@ -71,6 +76,7 @@ def test_bad_input_or_checkpoint_is_one_error_line(family: str, case: str, check
     assert (tmp_path / "out" / "earlier.npz").read_bytes() == before
 
 
+@pytest.mark.parametrize("family", BUILT_IN)
 @pytest.mark.parametrize("case", ["truncated slide", "missing mask", "truncated checkpoint"])
 def test_whole_slide_path_refuses_bad_input_before_any_work(family: str, case: str, checkpoints, tmp_path: Path) -> None:
     slides = tmp_path / "slides"
@@ -89,3 +95,12 @@ def test_whole_slide_path_refuses_bad_input_before_any_work(family: str, case: s
     assert str(culprit) in line
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["earlier.npz"]
     assert (tmp_path / "out" / "earlier.npz").read_bytes() == before
+
+
+@pytest.mark.parametrize("family", SLIDES_ONLY)
+def test_slides_only_family_refuses_image_tiles(family: str, checkpoints, tmp_path: Path) -> None:
+    images = tiles(tmp_path / "data") / "images"
+    line = run_main(infer.main, ["--model-path", checkpoints[family], "--input", images, "--output", tmp_path / "out",
+                                 "--device", "cpu", "--quiet"]).one_error()
+    assert str(images) in line and "infers whole slides only" in line
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

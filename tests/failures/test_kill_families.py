@@ -21,7 +21,7 @@ import infer
 import process
 import train
 from models import get_family
-from tests.failures.conftest import BUILT_IN, run_main, tiles
+from tests.failures.conftest import BUILT_IN, IMAGE_FAMILIES, run_main, tiles
 
 #: Per family, ``--set`` overrides of its demo profile that make a run of two epochs of two
 #: steps (with the profile's augmentations) on tiny synthetic data, without validation or
@@ -34,10 +34,10 @@ TINY = {
              "train.phases.0.epochs=2", "infer.input_size=64", "infer.output_size=64", "infer.keep_margin=8"],
     "chrnet": ["data.synthetic={n_train: 4, n_val: 0, size: 102, seed: 0}", "train.phases.0.epochs=2"],
     "histosegnet": ["data.synthetic.n_train=4", "data.synthetic.n_val=0", "data.synthetic.size=64", "infer.input_size=64",
-                    "train.phases.0.epochs=2", "train.phases.0.batch_size=2"],
+                    "infer.output_size=64", "train.phases.0.epochs=2", "train.phases.0.batch_size=2"],
     "h2gnet": ["data.synthetic={train: 2, val: 0, test: 1, size: 2048, mpp: 1.0, seed: 0}",
-               "train.phases.0.epochs=2", "train.phases.0.batches_per_epoch=2", "train.phases.0.batch_size=2",
-               "train.phases.1.epochs=2"],
+               "stages.detect.train.phases.0.epochs=2", "stages.detect.train.phases.0.batches_per_epoch=2",
+               "stages.detect.train.phases.0.batch_size=2", "stages.refine.train.phases.0.epochs=2"],
 }
 
 
@@ -126,7 +126,7 @@ def three_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiles(tmp_path_factory.mktemp("three"), n=3) / "images"
 
 
-@pytest.mark.parametrize("family", BUILT_IN)
+@pytest.mark.parametrize("family", IMAGE_FAMILIES)
 def test_infer_and_process_killed_mid_folder_end_with_the_same_outputs(family: str, checkpoints, three_tiles: Path,
                                                                        tmp_path: Path) -> None:
     infer_args = ["--model-path", checkpoints[family], "--input", three_tiles, "--device", "cpu", "--workers", "1",

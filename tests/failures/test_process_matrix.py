@@ -18,7 +18,7 @@ import pytest
 
 import process
 from misc.io import read_label, write_label
-from tests.failures.conftest import BUILT_IN, SIDE, Outcome, run_main, task_of, tiles, truncated_copy
+from tests.failures.conftest import BUILT_IN, IMAGE_FAMILIES, SIDE, Outcome, run_main, task_of, tiles, truncated_copy
 
 #: Raw files that process.py must skip and report, by case.
 SKIPPED = {"truncated raw file": "cut", "NaN in a raw map": "nan"}
@@ -77,7 +77,7 @@ def _written(out: Path) -> dict[str, list[str]]:
     return files
 
 
-@pytest.mark.parametrize("family", BUILT_IN)
+@pytest.mark.parametrize("family", IMAGE_FAMILIES)
 @pytest.mark.parametrize("case", list(SKIPPED))
 def test_bad_raw_file_is_skipped_and_reported(family: str, case: str, process_runs) -> None:
     run = process_runs(family)
@@ -92,7 +92,7 @@ def test_bad_raw_file_is_skipped_and_reported(family: str, case: str, process_ru
     assert (run.out / EARLIER).read_text() == "kept"
 
 
-@pytest.mark.parametrize("family", BUILT_IN)
+@pytest.mark.parametrize("family", IMAGE_FAMILIES)
 def test_empty_prediction_gives_empty_results(family: str, process_runs) -> None:
     run = process_runs(family)
     written = _written(run.out)
@@ -117,7 +117,7 @@ def test_missing_or_empty_input_is_one_error_line(family: str, case: str, tmp_pa
 
 def _families(*tasks: str) -> list[str]:
     """The built-in families whose inference task is one of ``tasks``."""
-    return [family for family in BUILT_IN if task_of(family, "infer") in tasks]
+    return [family for family in IMAGE_FAMILIES if task_of(family, "infer") in tasks]
 
 
 def _ground_truth(root: Path, good: np.ndarray, task: str) -> tuple[Path, str, Path]:
