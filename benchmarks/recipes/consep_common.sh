@@ -14,42 +14,13 @@
 SPLIT=${SPLIT:-benchmarks/recipes/consep_split.json}
 TRAIN_PART=${TRAIN_PART:-train}
 VALID_PART=${VALID_PART:-valid}
+IMAGE_EXT=.jpg
+source benchmarks/recipes/recipe_steps.sh
 SCORING_MARGIN_S=60   # process.py + scoring of the validation patches, and start-ups, outside the planner's estimate
 
 # consep_data [DATA]: the CoNSeP folder: DATA, else $HISTOSEG_DATA/consep, else ../shared/data/consep.
 consep_data() {
     echo "${1:-${HISTOSEG_DATA:-../shared/data}/consep}"
-}
-
-# words_of TEXT: the whitespace-separated words of TEXT, one per line (nothing for an empty TEXT).
-words_of() {
-    local words=()
-    read -r -a words <<< "${1:-}"
-    ((${#words[@]})) && printf '%s\n' "${words[@]}"
-    return 0
-}
-
-# set_options [OPTION...]: the "--set KEY=VALUE" pairs among train.py options, one word per line.
-set_options() {
-    while (($#)); do
-        [[ $1 == --set && $# -ge 2 ]] && { printf '%s\n' --set "$2"; shift; }
-        shift
-    done
-    return 0
-}
-
-# link_valid_images DATA OUT: symlink the $VALID_PART patches of $SPLIT into OUT.
-link_valid_images() {
-    python - "$SPLIT" "$VALID_PART" "$1" "$2" <<'PY'
-import json, os, sys
-from pathlib import Path
-split, part, data, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
-out.mkdir(parents=True, exist_ok=True)
-for name in json.loads(split.read_text())["parts"][part]:
-    link = out / f"{name}.jpg"
-    if not link.exists():
-        os.symlink((data / "images" / f"{name}.jpg").resolve(), link)
-PY
 }
 
 # budget_seconds FAMILY DATA START [TRAIN_OPTION...]: the seconds left for training in the budget
@@ -66,15 +37,6 @@ budget_seconds() {
         --budget-s "$(( ${BUDGET_MINUTES:-30} * 60 - ($(date +%s) - start) - SCORING_MARGIN_S ))" \
         --num-threads "${OMP_NUM_THREADS:-2}" --set "data.split=$SPLIT:$TRAIN_PART" "${sets[@]}"
     rm -rf "$images"
-}
-
-# recorded_budget RUN_DIR: the run's train.time_budget_s, from its run.yaml.
-recorded_budget() {
-    python - "$1/run.yaml" <<'PY'
-import sys
-import yaml
-print(yaml.safe_load(open(sys.argv[1]))["config"]["train"]["time_budget_s"])
-PY
 }
 
 # score_valid RECIPE DATA OUT START TRAINED CHECKPOINT...: infer (several checkpoints: their

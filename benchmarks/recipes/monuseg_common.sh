@@ -6,6 +6,8 @@
 SPLIT=${SPLIT:-benchmarks/recipes/monuseg_split.json}
 TRAIN_PART=${TRAIN_PART:-train}
 VALID_PART=${VALID_PART:-valid}
+IMAGE_EXT=.tif
+source benchmarks/recipes/recipe_steps.sh
 
 # budget_seconds FAMILY PATCHES DATA START [TRAIN_OPTION...]: the seconds left for training
 # in the recipe's budget of $BUDGET_MINUTES (default 30) minutes since START (unix seconds) on
@@ -25,46 +27,6 @@ budget_seconds() {
     rm -rf "$images"
 }
 SCORING_MARGIN_S=60   # process.py + scoring of the validation tiles, and start-ups, outside the planner's estimate
-
-# set_options [TRAIN_OPTION...]: the "--set KEY=VALUE" pairs among train.py options, one word per line.
-set_options() {
-    while (($#)); do
-        [[ $1 == --set && $# -ge 2 ]] && { printf '%s\n' --set "$2"; shift; }
-        shift
-    done
-    return 0
-}
-
-# recorded_budget RUN_DIR: the run's train.time_budget_s, from its run.yaml.
-recorded_budget() {
-    python - "$1/run.yaml" <<'PY'
-import sys
-import yaml
-print(yaml.safe_load(open(sys.argv[1]))["config"]["train"]["time_budget_s"])
-PY
-}
-
-# train_options: the words of $TRAIN_OPTIONS, one per line (nothing when unset).
-train_options() {
-    local words=()
-    read -r -a words <<< "${TRAIN_OPTIONS:-}"
-    ((${#words[@]})) && printf '%s\n' "${words[@]}"
-    return 0
-}
-
-# link_valid_images DATA OUT: symlink the $VALID_PART tiles of $SPLIT into OUT.
-link_valid_images() {
-    python - "$SPLIT" "$VALID_PART" "$1" "$2" <<'PY'
-import json, os, sys
-from pathlib import Path
-split, part, data, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
-out.mkdir(parents=True, exist_ok=True)
-for name in json.loads(split.read_text())["parts"][part]:
-    link = out / f"{name}.tif"
-    if not link.exists():
-        os.symlink((data / "images" / f"{name}.tif").resolve(), link)
-PY
-}
 
 # score_valid RECIPE CHECKPOINT DATA OUT START TRAINED: infer + process the validation tiles,
 # print the checkpoint path and one JSON line of mean scores and times (seconds since START).
@@ -100,7 +62,7 @@ run_recipe() {
     export OMP_NUM_THREADS="${THREADS:-2}"
     mkdir -p "$out"
     local start trained resume=() extra=() plan=()
-    mapfile -t extra < <(train_options)
+    mapfile -t extra < <(words_of "${TRAIN_OPTIONS:-}")
     [[ -f "$out/run/checkpoints/latest.pt" ]] && resume=(--resume)   # an interrupted run continues
     start=$(date +%s)
     python extract_patches.py monuseg "$data" "$out/patches" --win "$win" --step "$step" --mode valid \

@@ -63,7 +63,7 @@ def test_cv_unknown_family_is_refused(tmp_path: Path) -> None:
 
 def _train_options(value: str | None) -> list[str]:
     env = "unset TRAIN_OPTIONS" if value is None else f"TRAIN_OPTIONS='{value}'"
-    script = f"source benchmarks/recipes/monuseg_common.sh; {env}; train_options"
+    script = f"source benchmarks/recipes/monuseg_common.sh; {env}; words_of \"${{TRAIN_OPTIONS:-}}\""
     result = subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     return result.stdout.splitlines()
 
