@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from misc.errors import UserError
+from models.weights import read_state_dict
 
 #: Published ResNet-34 units per group and channels per group.
 RESNET34_UNITS = (3, 4, 6, 3)
@@ -294,19 +295,7 @@ def load_resnet34(encoder: ResNet34Encoder, state: Mapping[str, torch.Tensor], s
 def read_resnet34(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict in a local ``.pt``/``.pth`` file (``weights_only=True``; a ``state_dict``
     or ``model`` entry is unwrapped). Nothing is downloaded."""
-    source = Path(path)
-    if not source.is_file():
-        raise UserError(f"model.pretrained '{path}' is not a file (a torchvision resnet34 .pth state dict)")
-    try:
-        payload = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is the user's file
-        raise UserError(f"model.pretrained '{path}' cannot be read as a PyTorch state dict ({err})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(payload, dict) and isinstance(payload.get(key), dict):
-            payload = payload[key]
-    if not isinstance(payload, dict):
-        raise UserError(f"model.pretrained '{path}' holds {type(payload).__name__}, not a state dict")
-    return payload
+    return read_state_dict(path, "model.pretrained (a torchvision resnet34 .pth state dict)")
 
 
 def zero_state_from_fixture(path: str | Path, configuration: str = "default") -> dict[str, torch.Tensor]:

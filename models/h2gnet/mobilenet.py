@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from misc.errors import UserError
+from models.weights import read_state_dict
 
 #: (expansion t, output channels c, repeats n, first stride s) per stage, as published.
 INVERTED_RESIDUAL_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
@@ -192,10 +193,5 @@ def load_imagenet_weights(net: MobileNetV2, path: str | os.PathLike) -> None:
     Raises:
         UserError: the file is missing, unreadable, or not the expected state dict.
     """
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: model.detect.pretrained file not found; give torchvision's mobilenet_v2 ImageNet state dict or null")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is the user's file
-        raise UserError(f"{path}: cannot be read as a PyTorch state dict ({type(err).__name__}: {err})") from None
+    checkpoint = read_state_dict(path, "model.detect.pretrained (torchvision's mobilenet_v2 ImageNet state dict)")
     net.load_state_dict(imagenet_state(net, checkpoint, str(path)), strict=True)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from misc.errors import UserError
+from models.weights import read_state_dict
 
 #: Channels of the seven convolutions at width 1 (the published ones).
 CHANNELS: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256))
@@ -134,20 +135,7 @@ class HistoNet(nn.Module):
 
 def _read_state(path: str | Path) -> Mapping[str, Any]:
     """The state dict in a local VGG16 file (a bare state dict, or under ``state_dict``/``model``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"pretrained VGG16 file '{path}' does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any decoding failure is the file's fault
-        raise UserError(f"pretrained VGG16 file '{path}' is not readable ({type(err).__name__})") from None
-    if isinstance(payload, Mapping):
-        for key in ("state_dict", "model"):
-            if isinstance(payload.get(key), Mapping):
-                payload = payload[key]
-    if not isinstance(payload, Mapping):
-        raise UserError(f"pretrained VGG16 file '{path}' holds no state dict")
-    return {name.removeprefix("module."): tensor for name, tensor in payload.items()}
+    return read_state_dict(path, "pretrained VGG16")
 
 
 def load_vgg16_weights(net: HistoNet, path: str | Path) -> list[str]:

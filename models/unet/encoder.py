@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from misc.errors import UserError
+from models.weights import read_state_dict
 
 #: Residual units per group of the published variants.
 VARIANT_UNITS: dict[str, tuple[int, int, int, int]] = {
@@ -261,15 +262,5 @@ def load_pretrained(encoder: SEResNeXtEncoder, path: str | Path) -> None:
     Raises:
         UserError: the file is missing, unreadable, not a state dict or of another architecture.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"model.pretrained: {path} does not exist; download Cadene's se_resnext*_32x4d .pth yourself")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"model.pretrained: {path} is not a readable PyTorch file ({type(err).__name__}: {err})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"model.pretrained: {path} does not hold a state dict of tensors")
+    state = read_state_dict(path, "model.pretrained (Cadene's se_resnext*_32x4d .pth, supplied by you)")
     load_cadene_state(encoder, state, str(path))
