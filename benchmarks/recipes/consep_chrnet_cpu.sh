@@ -14,8 +14,9 @@
 #    1e-3 with cosine decay, bf16 autocast where the CPU has it; no validation, for EPOCHS epochs
 #    (default: as many of the consep profile's 10 as fit the budget); with ABLATION=1 the HRFE-1 and
 #    HRFE-2 cross-entropies get weight 0 (the HRFEs then learn only through the fused types);
-# 3. infer.py on the validation patches (central 100 of each 128 output kept, step 100, reflect
-#    padding) and process.py with the published post-processing (p > 40/255, H-minima h = 150 of
+# 3. infer.py on the validation patches, each one 262 px window (the published input, reflect
+#    padding; its whole 256 px output kept, as the other CoNSeP recipes keep their one window; the
+#    profile's 134 px windows would run 9 per patch), and process.py with the published post-processing (p > 40/255, H-minima h = 150 of
 #    the inverted marker, watershed, objects <= 10 px removed; foreground arg-max, majority type).
 # stderr gets the common scoring line; stdout's last line is one JSON object: binary PQ (mean over
 # patches), mPQ+ and PQ+ per type (pooled), PQ per type (mean over patches), HoVer-Net's centroid

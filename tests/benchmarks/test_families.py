@@ -52,9 +52,9 @@ def _settings(root: Path, split: Path) -> Path:
 
 def _run(root: Path, settings: Path) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "benchmarks.families", "--data", str(root / "data"), "--out", str(root / "out"),
-               "--families", "hovernet", "unet", "--profile", "demo", "--epochs", "1", "--threads", "1",
+               "--families", "hovernet", "unet", "--profile", "demo", "--epochs", "1", "--threads", "2",
                "--device", "cpu", "--settings", str(settings)]
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
 
 
 @pytest.mark.slow

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from config import load_config
+from engine.budget import score_windows
+from models import get_family
 from tests.conftest import REPO_ROOT
 
 RECIPE = "benchmarks/recipes/consep_chrnet_cpu.sh"
@@ -47,6 +51,16 @@ def test_ablation_sets_both_hrfe_losses_to_zero_and_nothing_else():
     ablation = load_config("chrnet", "cpu", overrides=_train_options(True))["train"]["phases"][0]["loss_weights"]
     assert {k for k in full if full[k] != ablation[k]} == {"hrfe1_ce", "hrfe2_ce"}
     assert ablation["hrfe1_ce"] == ablation["hrfe2_ce"] == 0.0
+
+
+def test_recipe_infers_each_validation_patch_as_one_published_window():
+    cfg = load_config("chrnet", "cpu", overrides=_train_options(False))
+    family = get_family("chrnet")(cfg)
+    assert score_windows(family, [(256, 256)]) == 1
+    size = cfg["infer"]["input_size"]
+    with torch.device("meta"):
+        out = family.build_network()(torch.zeros(1, 3, size, size))
+    assert {tuple(t.shape[-2:]) for t in out.values()} == {(cfg["infer"]["output_size"],) * 2} == {(256, 256)}
 
 
 def test_summary_is_one_json_line_with_both_f1s(tmp_path: Path):
