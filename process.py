@@ -10,9 +10,11 @@ patch ones as ``csv``. Per-image files go to ``DIR/<format>/<image>.<ext>``, tab
 ``DIR/areas.csv`` / ``DIR/predictions.csv``; typed instance results also give
 ``DIR/composition.csv`` (nuclei per type per image, in the central ``--count-crop`` square when
 given); with ``--gt`` the metrics (typed: mPQ+ and the R² of the counts too) are printed and
-written to ``DIR/metrics.csv`` and ``DIR/metrics.json``. A semantic result with named stages
-(e.g. HistoSegNet's Grad-CAM, adjusted, CRF) also gets each earlier stage's files in
-``DIR/<format>_<stage>/`` and its scores as ``<stage>:<score>`` columns.
+written to ``DIR/metrics.csv`` and ``DIR/metrics.json`` (images the ground truth does not
+list are processed, listed and left out of the scores; a ground truth that matches no image or
+one of another shape stops the run). A semantic result with named stages (e.g. HistoSegNet's
+Grad-CAM, adjusted, CRF) also gets each earlier stage's files in ``DIR/<format>_<stage>/`` and
+its scores as ``<stage>:<score>`` columns.
 Exit code 0 on success, 1 when some raw files could not be read (listed), 2 on a usage error.
 """
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from config import last_stage_config
 from inference.folder import write_failure
-from inference.rawfile import RawRef, find_raw
+from inference.rawfile import RawPrediction, RawRef, find_raw
 from inference.scoring import parse_gt, score_patches, score_semantic
 from loader import read_dataset
 from metrics import mean_rows
@@ -25,6 +25,7 @@ from metrics.scoring import LabelPair, central_crop, print_table, score_pairs, t
 from misc.errors import UserError
 from misc.io import atomic_write
 from models import get_family, load_plugins
+from models.base import NoTruth
 from models.tasks import (all_formats, patch_class_names, placed_class_map, semantic_class_info, stage_class_maps,
                           task_kind, with_class_grid)
 from postproc.semantic import ClassIdError
@@ -90,6 +91,8 @@ class ImageOutcome:
     multilabel: bool = True
     counts: np.ndarray | None = None
     scores: dict[str, float] | None = None  # the family's own scores against --gt (Family.score_result), or None
+    no_truth: str = ""  # why the family found no ground truth for it in --gt (it is left out of the scores)
+    truth_error: str = ""  # why the family's ground truth cannot score it (the run stops with it)
 
 
 def process_image(
@@ -155,7 +158,7 @@ def process_image(
     if task == "instance":
         outcome.counts = composition(result["inst_map"], result.get("type_map"), count_crop)
     if gt is not None:
-        outcome.scores = family.score_result(raw.maps, raw.name, gt, raw.slide)
+        score_with_family(outcome, family, raw, gt)
     if keep_maps:
         if task == "instance":
             outcome.keep = (np.asarray(result["inst_map"]), result.get("type_map"))
@@ -164,6 +167,19 @@ def process_image(
         else:
             outcome.keep = (np.ravel(result["class_prob"]).astype(np.float64), np.ravel(result["labels"]).astype(np.int64))
     return outcome
+
+
+def score_with_family(outcome: ImageOutcome, family: Any, raw: RawPrediction, gt: str) -> None:
+    """Set ``outcome.scores`` to the family's own scores of ``raw`` against ``gt``
+    (``Family.score_result``; None: its task's scorer scores it), or record why it has none:
+    ``no_truth`` (:class:`models.base.NoTruth`) or ``truth_error`` (any other :class:`UserError`,
+    raised by :func:`score_outcomes` once every image is written)."""
+    try:
+        outcome.scores = family.score_result(raw.maps, raw.name, gt, raw.slide)
+    except NoTruth as err:
+        outcome.no_truth = str(err)
+    except UserError as err:
+        outcome.truth_error = str(err)
 
 
 def process_raw(
@@ -261,18 +277,39 @@ def write_set_tables(output_dir: Path, outcomes: list[ImageOutcome]) -> list[Pat
 
 def score_family_rows(gt: str, outcomes: list[ImageOutcome], output_dir: Path) -> list[Path]:
     """The families' own per-image scores (``Family.score_result``), their means over images
-    (NaN left out), printed and written to ``metrics.csv`` and ``metrics.json``."""
-    rows = [{"name": o.name, **o.scores} for o in sorted(outcomes, key=lambda o: o.name)]
+    (NaN left out), printed and written to ``metrics.csv`` and ``metrics.json``; the images
+    without ground truth are listed (``unpaired``) and left out.
+
+    Raises:
+        UserError: no image has ground truth in ``gt``.
+    """
+    outcomes = sorted(outcomes, key=lambda o: o.name)
+    unpaired = [o.name for o in outcomes if o.scores is None]
+    if len(unpaired) == len(outcomes):
+        raise UserError(f"{outcomes[0].no_truth}; none of the {len(outcomes)} processed image(s) has ground "
+                        "truth there")
+    if unpaired:
+        log.warning("no ground truth in %s for %d image(s): %s", gt, len(unpaired), unpaired[:5])
+    rows = [{"name": o.name, **o.scores} for o in outcomes if o.scores is not None]
     means = mean_rows({k: v for k, v in row.items() if k != "name"} for row in rows)
     print_table(rows, means, {})
     csv_path = output_dir / "metrics.csv"
-    return [csv_path, write_results(csv_path, rows, means, {}, {"gt": gt, "scored_by": "family"})]
+    options = {"gt": gt, "scored_by": "family", "unpaired": unpaired}
+    return [csv_path, write_results(csv_path, rows, means, {}, options)]
 
 
 def score_outcomes(gt: str, outcomes: list[ImageOutcome], output_dir: Path, count_crop: int | None = None) -> list[Path]:
     """Score the processed images against ``gt`` with their task's scorer (one task per run);
-    ``count_crop`` is the central square whose nuclei count for the R² of typed instances."""
-    own = [o for o in outcomes if o.scores is not None]
+    ``count_crop`` is the central square whose nuclei count for the R² of typed instances.
+
+    Raises:
+        UserError: a ground truth that cannot score an image (the first by name), or one that
+            does not fit the task.
+    """
+    errors = [o.truth_error for o in sorted(outcomes, key=lambda o: o.name) if o.truth_error]
+    if errors:
+        raise UserError(errors[0])
+    own = [o for o in outcomes if o.scores is not None or o.no_truth]
     if own:
         if len(own) != len(outcomes):
             raise UserError("some raw files are scored by their family and others by their task; score them apart")

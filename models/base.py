@@ -29,6 +29,10 @@ from postproc.semantic import class_info_from
 TASKS = ("instance", "semantic", "patch")
 
 
+class NoTruth(UserError):
+    """``--gt`` holds no ground truth for an image (raised by :meth:`Family.score_result`)."""
+
+
 def under_prefix(name: str, prefixes: Sequence[str]) -> bool:
     """Whether a dotted module/parameter ``name`` is one of ``prefixes`` or lies under one."""
     return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
@@ -270,6 +274,12 @@ class Family(ABC):
             gt: the ``--gt`` argument.
             slide: the raw file's slide geometry (level-0 ``dimensions``, ``mpp``, ``map_downsample``),
                 empty for an image.
+
+        Raises:
+            NoTruth: ``gt`` holds no ground truth for ``name``; ``process.py`` lists the image and
+                leaves it out of the scores (an error only when no image has ground truth).
+            UserError: a ground truth that cannot score the result (another size, unreadable);
+                ``process.py`` writes every image's files, then stops with it (exit 2).
         """
         return None
 

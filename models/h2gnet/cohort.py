@@ -16,6 +16,7 @@ from typing import Sequence
 
 from loader.synthetic_tumour import CohortSlide, read_cohort, write_cohort
 from misc.errors import UserError
+from models.base import NoTruth
 
 COHORT_FILE = "cohort.json"
 SYNTHETIC_FOLDER = "cohort"
@@ -68,7 +69,8 @@ def find_truth(gt: str | os.PathLike, name: str, label: str) -> str:
     (or ``.json``, ``.png``, ``.tif``, ``.tiff``, ``.npy``).
 
     Raises:
-        UserError: no such cohort slide or file (names what was looked for).
+        NoTruth: no such cohort slide or file (names what was looked for).
+        UserError: ``gt`` is neither a cohort nor a folder.
     """
     gt = Path(gt)
     record = gt / COHORT_FILE if gt.is_dir() else gt
@@ -77,10 +79,10 @@ def find_truth(gt: str | os.PathLike, name: str, label: str) -> str:
         for entry in slides:
             if entry.name == name:
                 return truth_file(entry, label)
-        raise UserError(f"--gt {record}: no slide '{name}' in the cohort (it has {[s.name for s in slides][:8]})")
+        raise NoTruth(f"--gt {record}: no slide '{name}' in the cohort (it has {[s.name for s in slides][:8]})")
     if not gt.is_dir():
         raise UserError(f"--gt {gt}: expected a cohort.json, its folder, or a folder of per-slide annotations or masks")
     for suffix in TRUTH_SUFFIXES:
         if (gt / f"{name}{suffix}").is_file():
             return str(gt / f"{name}{suffix}")
-    raise UserError(f"--gt {gt}: no annotation or mask of slide '{name}' ({name}.geojson, {name}.png, ...)")
+    raise NoTruth(f"--gt {gt}: no annotation or mask of slide '{name}' ({name}.geojson, {name}.png, ...)")

@@ -25,6 +25,8 @@ from models import FAMILIES, defaults_path, get_family
 BUILT_IN = sorted(name for name, target in FAMILIES.items() if isinstance(target, str))
 #: Those whose inference also runs on folders of image tiles (not ``Family.slides_only``).
 IMAGE_FAMILIES = [name for name in BUILT_IN if not get_family(name).slides_only]
+#: Those whose inference runs on whole slides only (``Family.slides_only``).
+SLIDES_ONLY = [name for name in BUILT_IN if get_family(name).slides_only]
 #: Side of the images the matrix runs on (pixels): smaller than most windows, so one window each.
 SIDE = 48
 

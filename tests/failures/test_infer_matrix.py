@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 
 import infer
-from tests.failures.conftest import BUILT_IN, EQUIVALENT, IMAGE_FAMILIES, UNREADABLE, run_main, truncated_copy
+from tests.failures.conftest import (BUILT_IN, EQUIVALENT, IMAGE_FAMILIES, SLIDES_ONLY, UNREADABLE, run_main,
+                                    truncated_copy)
 from tests.inference.slide_helpers import make_slide
 
 from tests.failures.conftest import tiles
-
-SLIDES_ONLY = sorted(set(BUILT_IN) - set(IMAGE_FAMILIES))
 
 
 def _maps(path: Path) -> dict[str, np.ndarray]:

@@ -68,7 +68,7 @@ def process_runs(infer_runs, tmp_path_factory: pytest.TempPathFactory) -> Callab
     return get
 
 
-def _written(out: Path) -> dict[str, list[str]]:
+def per_image_files(out: Path) -> dict[str, list[str]]:
     """Image stem -> the per-image files written for it (relative paths)."""
     files: dict[str, list[str]] = {}
     for path in sorted(out.rglob("*")):
@@ -80,13 +80,18 @@ def _written(out: Path) -> dict[str, list[str]]:
 @pytest.mark.parametrize("family", IMAGE_FAMILIES)
 @pytest.mark.parametrize("case", list(SKIPPED))
 def test_bad_raw_file_is_skipped_and_reported(family: str, case: str, process_runs) -> None:
-    run = process_runs(family)
+    check_skipped(process_runs(family), case)
+
+
+def check_skipped(run: ProcessRun, case: str) -> None:
+    """``run`` skipped and reported the raw file of ``case`` (exit 1, one line per bad file, no
+    traceback), processed ``good``, left no half-written file and kept the earlier file."""
     name = f"{SKIPPED[case]}.npz"
     assert run.outcome.code == 1, run.outcome.text
     assert "Traceback" not in run.outcome.text
     assert any(line.startswith("ERROR not processed") and name in line for line in run.outcome.lines), run.outcome.text
     assert all(any(f"{bad}.npz" in line for bad in SKIPPED.values()) for line in run.outcome.lines), run.outcome.text
-    written = _written(run.out)
+    written = per_image_files(run.out)
     assert SKIPPED[case] not in written and written["good"]
     assert not [p for p in run.out.rglob(".*")]  # no half-written file
     assert (run.out / EARLIER).read_text() == "kept"
@@ -95,7 +100,7 @@ def test_bad_raw_file_is_skipped_and_reported(family: str, case: str, process_ru
 @pytest.mark.parametrize("family", IMAGE_FAMILIES)
 def test_empty_prediction_gives_empty_results(family: str, process_runs) -> None:
     run = process_runs(family)
-    written = _written(run.out)
+    written = per_image_files(run.out)
     assert [Path(p).parent for p in written["empty"]] == [Path(p).parent for p in written["good"]]
     if run.task == "instance":
         assert json.loads((run.out / "json" / "empty.json").read_text())["nuc"] == {}
