@@ -33,7 +33,8 @@ def test_paper_profile_is_the_published_recipe():
     (phase,) = cfg["train"]["phases"]
     assert (phase["epochs"], phase["batch_size"], phase["optimizer"]["name"], phase["optimizer"]["lr"]) == (50, 4, "adam", 3.0e-3)
     assert phase["schedule"] == {"name": "multistep", "milestones": [30, 40], "gamma": 0.1}
-    assert phase["loss_weights"] == {"np_bce": 2.0, "np_dice": 2.0, "hv_mse": 2.0, "hv_msge": 2.0, "tp_focal": 2.0}
+    assert phase["loss_weights"] == {"np_bce": 2.0, "np_dice": 2.0, "hv_mse": 2.0, "hv_msge": 2.0, "tp_focal": 2.0,
+                                     "tp_bce": 0.0, "tp_dice": 0.0, "tp_wce": 0.0}
     assert cfg["model"]["encoder"]["units"] == [3, 4, 6, 3] and cfg["model"]["decoder"]["dropout"] == 0.5
     assert cfg["data"]["augment"] == "unet" and cfg["infer"]["tta"] == ["identity", "hflip", "vflip"] and cfg["infer"]["mag"] == 20
 
@@ -149,3 +150,12 @@ def test_resampling_trains_through_the_engine(tmp_path):
     sampler = WeightedShardSampler(weights, num_replicas=2, rank=1, seed=0)
     sampler.set_epoch(3)
     assert len(list(sampler)) == len(sampler) == len(samples) // 2 and list(sampler) == list(sampler)
+
+
+def test_documented_weighted_ce_variant_replaces_the_focal_term():
+    """The --set options of docs/families/unet.md's overwritten variant."""
+    cfg = load_config("unet", "paper", overrides=[
+        "train.phases.0.loss_weights={tp_focal: 0, tp_bce: 1, tp_dice: 1, tp_wce: 2}",
+        "loss.class_weights=[0.1, 0.8, 0.2, 0.2, 0.2, 0.4, 0.2]"])
+    weights = {name: w for name, w in cfg["train"]["phases"][0]["loss_weights"].items() if w}
+    assert weights == {"np_bce": 2.0, "np_dice": 2.0, "hv_mse": 2.0, "hv_msge": 2.0, "tp_bce": 1, "tp_dice": 1, "tp_wce": 2}
