@@ -114,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-path", default=None, help="a checkpoint instead of random weights")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tile", type=int, default=1024, help="post-processing tile side")
-    parser.add_argument("--work", default=None, help="folder for the slides and outputs (default: a temporary one)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the slides and outputs, made if missing (default: a temporary one)")
     args = parser.parse_args(argv)
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
     small, large = args.sizes
     cases = {"small": (small, args.tissue_cells), "large": (large, args.tissue_cells),
              "large_4x": (large, 4 * args.tissue_cells)}
