@@ -50,6 +50,14 @@ def raw_folder(source: Path, folder: Path) -> Path:
     return folder
 
 
+def run_process(raw: Path, root: Path, family: str) -> ProcessRun:
+    """``process.py`` over ``raw`` into ``root/out``, made to hold an earlier file first."""
+    (root / "out").mkdir()
+    (root / "out" / EARLIER).write_text("kept")
+    outcome = run_main(process.main, ["--input", raw, "--output", root / "out", "--quiet"])
+    return ProcessRun(outcome, root / "out", task_of(family, "infer"))
+
+
 @pytest.fixture(scope="module")
 def process_runs(infer_runs, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], ProcessRun]:
     """Family -> its :class:`ProcessRun` (run once, on first use)."""
@@ -58,11 +66,7 @@ def process_runs(infer_runs, tmp_path_factory: pytest.TempPathFactory) -> Callab
     def get(family: str) -> ProcessRun:
         if family not in done:
             root = tmp_path_factory.mktemp(f"process-{family}")
-            raw = raw_folder(infer_runs(family).raw / "good.npz", root / "raw")
-            (root / "out").mkdir()
-            (root / "out" / EARLIER).write_text("kept")
-            outcome = run_main(process.main, ["--input", raw, "--output", root / "out", "--quiet"])
-            done[family] = ProcessRun(outcome, root / "out", task_of(family, "infer"))
+            done[family] = run_process(raw_folder(infer_runs(family).raw / "good.npz", root / "raw"), root, family)
         return done[family]
 
     return get

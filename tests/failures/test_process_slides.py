@@ -27,8 +27,8 @@ import infer
 import process
 from loader.synthetic_tumour import mask_geojson, write_cohort
 from misc.io import read_image, read_label, write_image
-from tests.failures.conftest import SLIDES_ONLY, Outcome, run_main, task_of
-from tests.failures.test_process_matrix import EARLIER, SKIPPED, ProcessRun, check_skipped, per_image_files, raw_folder
+from tests.failures.conftest import SLIDES_ONLY, Outcome, run_main
+from tests.failures.test_process_matrix import EARLIER, SKIPPED, ProcessRun, check_skipped, per_image_files, raw_folder, run_process
 
 #: Side of the synthetic slide (level-0 pixels at 1 µm/px): a few detection patches of the demo profile.
 SLIDE_SIDE = 1024
@@ -95,11 +95,7 @@ def slide_process_runs(slide_results: Callable[[str], SlideResult],
     def get(family: str) -> ProcessRun:
         if family not in done:
             root = tmp_path_factory.mktemp(f"process-slides-{family}")
-            raw = slide_folders(slide_results(family).raw_file, root / "raw")
-            (root / "out").mkdir()
-            (root / "out" / EARLIER).write_text("kept")
-            outcome = run_main(process.main, ["--input", raw, "--output", root / "out", "--quiet"])
-            done[family] = ProcessRun(outcome, root / "out", task_of(family, "infer"))
+            done[family] = run_process(slide_folders(slide_results(family).raw_file, root / "raw"), root, family)
         return done[family]
 
     return get
