@@ -242,8 +242,7 @@ def score_predictions(
             )
         pairs.append(LabelPair(sample.name, sample.inst_map, pred_inst, sample.type_map, pred_type))
     unpaired = sorted(set(predictions) - {p.name for p in pairs})
-    if unpaired:
-        log.warning("no ground truth in %s for %d image(s): %s", gt, len(unpaired), unpaired[:5])
+    warn_unpaired(gt, unpaired)
     if not pairs:
         raise UserError(f"--gt {gt}: no sample name matches a processed image (e.g. '{next(iter(predictions))}')")
     typed = all(p.true_type is not None and p.pred_type is not None for p in pairs)
@@ -275,6 +274,12 @@ def write_set_tables(output_dir: Path, outcomes: list[ImageOutcome]) -> list[Pat
     return written
 
 
+def warn_unpaired(gt: str, unpaired: list[str]) -> None:
+    """Log the images ``gt`` holds no ground truth for (they are left out of the scores)."""
+    if unpaired:
+        log.warning("no ground truth in %s for %d image(s): %s", gt, len(unpaired), unpaired[:5])
+
+
 def score_family_rows(gt: str, outcomes: list[ImageOutcome], output_dir: Path) -> list[Path]:
     """The families' own per-image scores (``Family.score_result``), their means over images
     (NaN left out), printed and written to ``metrics.csv`` and ``metrics.json``; the images
@@ -288,8 +293,7 @@ def score_family_rows(gt: str, outcomes: list[ImageOutcome], output_dir: Path) -
     if len(unpaired) == len(outcomes):
         raise UserError(f"{outcomes[0].no_truth}; none of the {len(outcomes)} processed image(s) has ground "
                         "truth there")
-    if unpaired:
-        log.warning("no ground truth in %s for %d image(s): %s", gt, len(unpaired), unpaired[:5])
+    warn_unpaired(gt, unpaired)
     rows = [{"name": o.name, **o.scores} for o in outcomes if o.scores is not None]
     means = mean_rows({k: v for k, v in row.items() if k != "name"} for row in rows)
     print_table(rows, means, {})
