@@ -1,7 +1,8 @@
 """Turn raw predictions from infer.py into results, their files (by task) and metrics.
 
 ``python process.py --input RAWDIR --output DIR [--formats F1,F2] [--gt GT] [--workers N]
-[--type-info FILE] [--mpp UM] [--count-crop N]``
+[--type-info FILE] [--mpp UM] [--count-crop N] [--set postproc.KEY=VALUE ...]
+[--sweep postproc.KEY=V1,V2,... --sweep-score SCORE]``
 
 Each raw file names its family and config, so no model is needed: the family's own
 post-processing runs on it and its task decides the outputs (docs/tasks.md): instance results
@@ -15,6 +16,10 @@ list are processed, listed and left out of the scores; a ground truth that match
 one of another shape stops the run). A semantic result with named stages (e.g. HistoSegNet's
 Grad-CAM, adjusted, CRF) also gets each earlier stage's files in ``DIR/<format>_<stage>/`` and
 its scores as ``<stage>:<score>`` columns.
+``--set postproc.KEY=VALUE`` changes a post-processing option the raw files' config holds (no
+re-inference); ``--sweep postproc.KEY=V1,V2,...`` with ``--gt`` scores every value (each in
+``DIR/sweep/KEY=VALUE/``, the table in ``DIR/sweep.csv`` and ``sweep.json``) and writes the best
+value's results to ``DIR`` (``inference.sweep``).
 Exit code 0 on success, 1 when some raw files could not be read (listed), 2 on a usage error.
 """
 
@@ -28,6 +33,7 @@ from typing import Sequence
 from config import add_logging_arguments, setup_logging
 from misc.errors import UserError, cli_main
 from inference.processing import process_folder
+from inference.sweep import DEFAULT_SCORES, parse_sweep, run_sweep
 from models.tasks import TASK_KINDS
 from postproc.formats import load_type_info
 
@@ -58,6 +64,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--count-crop", type=int, default=None, metavar="N",
                         help="count nuclei per type in the central N x N pixels only (CoNIC: 224 of each 256 "
                              "patch) for composition.csv and the R² of --gt; default: the whole image")
+    parser.add_argument("--set", dest="postproc", action="append", default=[], metavar="postproc.KEY=VALUE",
+                        help="override a post-processing option of the raw files' config, value parsed as YAML "
+                             "(repeatable), e.g. --set postproc.h=10")
+    parser.add_argument("--sweep", default=None, metavar="postproc.KEY=V1,V2,...",
+                        help="with --gt: process and score once per value, then write the best value's results")
+    parser.add_argument("--sweep-score", default=None, metavar="SCORE",
+                        help="dotted path into metrics.json of the score the sweep maximises (default: instance "
+                             f"{DEFAULT_SCORES['instance']}, semantic {DEFAULT_SCORES['semantic']}, "
+                             f"patch {DEFAULT_SCORES['patch']})")
     add_logging_arguments(parser)
     args = parser.parse_args(argv)
     if args.workers < 1:
@@ -68,6 +83,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.formats = tuple(fmt.strip() for fmt in args.formats.split(",") if fmt.strip())
     if args.mpp is not None and args.mpp <= 0:
         raise UserError(f"--mpp must be a positive pixel size in micrometres, got {args.mpp}")
+    if (args.sweep or args.sweep_score) and args.gt is None:
+        raise UserError("--sweep and --sweep-score score against --gt; give --gt")
+    if args.sweep_score and not args.sweep:
+        raise UserError("--sweep-score names the score of a --sweep; give --sweep")
+    args.sweep = parse_sweep(args.sweep) if args.sweep else None
+    if args.sweep is not None and any(text.partition("=")[0] == args.sweep.key for text in args.postproc):
+        raise UserError(f"--set {args.sweep.key}: that key is the one --sweep chooses; drop one of them")
     return args
 
 
@@ -77,10 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     type_info = load_type_info(args.type_info) if args.type_info else None
-    report = process_folder(
-        args.input, args.output, formats=args.formats, gt=args.gt, workers=args.workers,
-        type_info=type_info, show_progress=not args.quiet, count_crop=args.count_crop, mpp=args.mpp,
-    )
+    options = dict(formats=args.formats, workers=args.workers, type_info=type_info, show_progress=not args.quiet,
+                   count_crop=args.count_crop, mpp=args.mpp)
+    if args.sweep is not None:
+        report = run_sweep(args.input, args.output, args.sweep, args.gt, args.sweep_score, args.postproc,
+                           **options).report
+    else:
+        report = process_folder(args.input, args.output, gt=args.gt, postproc=args.postproc, **options)
     log.info("%d processed, %d unreadable; outputs in %s", len(report.done), len(report.failed), args.output)
     if report.composition_file is not None:
         log.info("wrote %s", report.composition_file)

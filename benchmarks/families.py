@@ -316,6 +316,7 @@ def process(row: Row, options: Options) -> dict:
         command += ["--formats", row.task.formats]
     if row.task.type_info:
         command += ["--type-info", str(REPO_ROOT / row.task.type_info)]
+    command += list(row.recipe.process)
     measured = run_script("process", command, row.folder / LOG_FILE, options.threads)
     if row.recipe.score:
         words = shlex.split(row.fill(row.recipe.score))

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 from tqdm import tqdm
 
-from config import last_stage_config
+from config import last_stage_config, merge, parse_override
 from inference.folder import write_failure
 from inference.rawfile import RawPrediction, RawRef, find_raw
 from inference.scoring import parse_gt, score_patches, score_semantic
@@ -42,6 +42,7 @@ class ProcessReport:
     metric_files: list[Path] = field(default_factory=list)
     table_files: list[Path] = field(default_factory=list)
     composition_file: Path | None = None
+    task: str | None = None  # the results' task (the first processed image's)
 
 
 def composition(inst_map: np.ndarray, type_map: np.ndarray | None, count_crop: int | None) -> np.ndarray | None:
@@ -68,6 +69,37 @@ def write_composition(path: Path, counts: dict[str, np.ndarray], type_info: dict
             row[: len(counts[name])] = counts[name]
             writer.writerow([name, *row.tolist(), int(row.sum())])
     return path
+
+
+class PostprocOverrideError(UserError):
+    """A ``--set postproc.KEY=VALUE`` the results' config does not accept (the run stops)."""
+
+
+def check_postproc_overrides(overrides: Iterable[str]) -> tuple[str, ...]:
+    """``overrides`` as a tuple once each is a ``postproc.KEY=VALUE`` (its value parsed as YAML).
+
+    Raises:
+        PostprocOverrideError: an override that is not ``KEY=VALUE`` or not under ``postproc``.
+    """
+    checked = tuple(overrides)
+    for text in checked:
+        parse_override(text)
+        if not text.startswith("postproc."):
+            raise PostprocOverrideError(f"--set {text}: process.py changes the post-processing only; "
+                                        "give a postproc.KEY=VALUE (e.g. postproc.h=10)")
+    return checked
+
+
+def with_postproc_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
+    """``cfg`` (a raw file's resolved config) with each ``postproc.KEY=VALUE`` merged in, checked
+    like ``train.py --set`` (an unknown key or a value of another type raises
+    :class:`PostprocOverrideError`)."""
+    for text in overrides:
+        try:
+            cfg = merge(cfg, parse_override(text), f"--set {text}")
+        except UserError as err:
+            raise PostprocOverrideError(str(err)) from None
+    return cfg
 
 
 class TaskMismatch(UserError):
@@ -104,6 +136,7 @@ def process_image(
     mpp: float | None = None,
     count_crop: int | None = None,
     gt: str | None = None,
+    postproc: tuple[str, ...] = (),
 ) -> ImageOutcome:
     """Post-process one raw prediction with its family's hook and write the formats of its task.
 
@@ -118,14 +151,17 @@ def process_image(
         count_crop: instance results count their nuclei per type (:func:`composition`) in the
             central square of this side (None: the whole image).
         gt: ``--gt``, for a family that scores its results itself (``Family.score_result``).
+        postproc: ``postproc.KEY=VALUE`` overrides of the stored config's post-processing
+            options (:func:`with_postproc_overrides`).
 
     Raises:
-        UserError: formats the task does not write, class ids outside the class info.
+        UserError: formats the task does not write, class ids outside the class info, an
+            override the config does not accept.
     """
 
     load_plugins()  # families registered by $HISTOSEG_PLUGINS modules (processes start fresh)
     raw = ref.load()
-    family = get_family(raw.family)(last_stage_config(raw.config))
+    family = get_family(raw.family)(with_postproc_overrides(last_stage_config(raw.config), postproc))
     family.extra_state = dict(raw.family_state)
     task = family.task_for("infer")
     kind = task_kind(task)
@@ -201,7 +237,7 @@ def _guarded(ref: RawRef, *args: Any) -> ImageOutcome | tuple[str, UserError]:
     """:func:`process_image` returning a per-image :class:`UserError` instead of raising it."""
     try:
         return process_image(ref, *args)
-    except (TaskMismatch, ClassIdError):
+    except (TaskMismatch, ClassIdError, PostprocOverrideError):
         raise
     except UserError as err:
         return ref.name, err
@@ -347,6 +383,7 @@ def process_folder(
     show_progress: bool = True,
     mpp: float | None = None,
     count_crop: int | None = None,
+    postproc: Iterable[str] = (),
 ) -> ProcessReport:
     """Post-process every raw prediction under ``input_path`` and write the chosen formats.
 
@@ -364,6 +401,8 @@ def process_folder(
         mpp: pixel size in µm for the areas in mm² (default ``infer.mpp`` of the raw config).
         count_crop: count nuclei in the central square of this side only (CoNIC: 224), for
             ``composition.csv`` and the R² of ``gt``; None = the whole image.
+        postproc: ``postproc.KEY=VALUE`` overrides of the post-processing options the raw
+            files' config holds (``process.py --set``).
 
     Returns:
         The :class:`ProcessReport`; unreadable raw files are listed in ``failed``. With typed
@@ -378,10 +417,11 @@ def process_folder(
         raise UserError(f"--formats {','.join(formats or ())}: choose one or more of {','.join(all_formats())}")
     if count_crop is not None and count_crop < 1:
         raise UserError(f"--count-crop must be >= 1 pixel, got {count_crop}")
+    postproc = check_postproc_overrides(postproc)
     refs = find_raw(input_path)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    args = (output_dir, formats, type_info, gt is not None, mpp, count_crop, gt)
+    args = (output_dir, formats, type_info, gt is not None, mpp, count_crop, gt, postproc)
     report = ProcessReport()
     outcomes: list[ImageOutcome] = []
     with contextlib.ExitStack() as stack:
@@ -403,6 +443,7 @@ def process_folder(
         except OSError as err:
             raise write_failure(Path(err.filename or output_dir), err) from None
     report.done.sort()
+    report.task = outcomes[0].task if outcomes else None
     try:
         report.table_files = write_set_tables(output_dir, outcomes)
     except OSError as err:

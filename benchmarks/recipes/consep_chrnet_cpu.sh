@@ -16,8 +16,10 @@
 #    HRFE-2 cross-entropies get weight 0 (the HRFEs then learn only through the fused types);
 # 3. infer.py on the validation patches, each one 262 px window (the published input, reflect
 #    padding; its whole 256 px output kept, as the other CoNSeP recipes keep their one window; the
-#    profile's 134 px windows would run 9 per patch), and process.py with the published post-processing (p > 40/255, H-minima h = 150 of
-#    the inverted marker, watershed, objects <= 10 px removed; foreground arg-max, majority type).
+#    profile's 134 px windows would run 9 per patch), and process.py with the published post-processing (p > 40/255, H-minima of
+#    the inverted marker, watershed, objects <= 10 px removed; foreground arg-max, majority type), its
+#    H-minima depth h chosen by binary PQ among recipes.yaml's values (process.py --sweep; the
+#    published 150 needs a fully trained marker; the table of every value in OUT/pred/sweep.csv).
 # stderr gets the common scoring line; stdout's last line is one JSON object: binary PQ (mean over
 # patches), mPQ+ and PQ+ per type (pooled), PQ per type (mean over patches), HoVer-Net's centroid
 # F1 (detection and per type) and CHR-Net's coverage F1 (overall and per type); types are 1 other,
@@ -29,7 +31,7 @@ set -euo pipefail
 # chrnet_summary RECIPE METRICS_JSON TRAIN_S TOTAL_S: the JSON line of scores from process.py's metrics.json.
 chrnet_summary() {
     python - "$@" <<'PY'
-import json, sys
+import json, os, sys
 recipe, path, trained, total = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 metrics = json.load(open(path))
 pooled, means = metrics["pooled"], metrics["mean"]
@@ -39,7 +41,9 @@ scores |= {f"pq_type{t}": means[f"pq_type{t}"]["mean"] for t in range(1, 5)}
 scores |= {"f1_d": pooled["f1_d"]} | {f"f1_type{t}": pooled[f"f1_type{t}"] for t in range(1, 5)}
 scores |= {"coverage_f1": pooled["coverage_f1"]} | {f"coverage_f1_type{t}": pooled[f"coverage_f1_type{t}"] for t in range(1, 5)}
 scores = {key: None if value is None or value != value else round(value, 4) for key, value in scores.items()}
-print(json.dumps({"recipe": recipe, "images": f"valid ({len(metrics['per_image'])})", **scores,
+sweep = os.path.join(os.path.dirname(path), "sweep.json")
+chosen = {json.load(open(sweep))["key"]: json.load(open(sweep))["best"]} if os.path.exists(sweep) else {}
+print(json.dumps({"recipe": recipe, "images": f"valid ({len(metrics['per_image'])})", **scores, **chosen,
                   "train_seconds": trained, "total_seconds": total}))
 PY
 }
@@ -53,6 +57,7 @@ main() {
     # that consep_common.sh trains, and the planner's ceiling (the consep profile's epochs)
     local recipe=consep_chrnet_cpu options=()
     mapfile -t options < <(python -m benchmarks.recipes.settings consep_chrnet train-options)
+    mapfile -t PROCESS_OPTIONS < <(python -m benchmarks.recipes.settings consep_chrnet process-options)
     [[ -z "${3:-}" ]] && options+=(--set "train.phases.0.epochs=$(python -m benchmarks.recipes.settings consep_chrnet cpu-ceiling)")
     if [[ -n "${ABLATION:-}" && "${ABLATION}" != 0 ]]; then
         recipe=consep_chrnet_cpu_ablation

@@ -8,6 +8,7 @@
 # 22 source images = 352 patches for training, 5 = 80 for validation, grouped by <image>, seed 0;
 # remake it with `python -m loader.splits folder DATA OUT.json --valid-fraction 0.2 --seed 0
 # --group-regex '^train_(\d+)_'`); TRAIN_PART and VALID_PART name its parts.
+# PROCESS_OPTIONS (an array a recipe sets: its recipes.yaml `process`) adds process.py options.
 # TRAIN_OPTIONS adds train.py options after the recipe's own, split on whitespace (later --set
 # values win); BUDGET_MINUTES (default 30) is the budget of one recipe on this host; THREADS
 # (default 2) the torch threads.
@@ -50,7 +51,7 @@ score_valid() {
     link_valid_images "$data" "$out/valid_images"
     python infer.py --model-path "$@" --input "$out/valid_images" --output "$out/raw" --quiet
     python process.py --input "$out/raw" --output "$out/pred" --formats mat,geojson,png --gt "folder:$data" \
-        --type-info opt/hovernet_type_info/consep.json --quiet > /dev/null
+        --type-info opt/hovernet_type_info/consep.json ${PROCESS_OPTIONS[@]+"${PROCESS_OPTIONS[@]}"} --quiet > /dev/null
     local end
     end=$(date +%s)
     echo "checkpoints: $*"

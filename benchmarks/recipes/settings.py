@@ -22,7 +22,7 @@ import yaml
 from misc.errors import UserError, cli_main
 
 SETTINGS = Path(__file__).with_name("recipes.yaml")
-FIELDS = ("train-options", "cpu-options", "cpu-ceiling", "win", "step", "family", "split")
+FIELDS = ("train-options", "cpu-options", "process-options", "cpu-ceiling", "win", "step", "family", "split")
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,9 @@ class Dataset:
 class Recipe:
     """One family on one data set: ``set`` for any profile, ``cpu`` for the cpu profile only;
     ``profiles`` the family's own profile for a benchmark profile (e.g. ``{cpu: consep}``),
-    ``checkpoint`` the file of ``run/checkpoints/`` to infer with, ``score`` a scoring command
-    run after ``process.py`` whose JSON lines replace ``metrics.json`` (see ``recipes.yaml``)."""
+    ``checkpoint`` the file of ``run/checkpoints/`` to infer with, ``process`` further
+    ``process.py`` options (e.g. a ``--sweep``), ``score`` a scoring command run after
+    ``process.py`` whose JSON lines replace ``metrics.json`` (see ``recipes.yaml``)."""
 
     name: str
     family: str
@@ -57,6 +58,7 @@ class Recipe:
     cpu_ceiling: int | None = None
     profiles: dict = field(default_factory=dict)
     checkpoint: str | None = None
+    process: tuple[str, ...] = ()
     score: str | None = None
 
     def profile(self, profile: str) -> str:
@@ -158,6 +160,8 @@ def field_words(recipe: Recipe, name: str) -> list[str]:
     if name in ("train-options", "cpu-options"):
         sets = recipe.set if name == "train-options" else recipe.cpu
         return [word for text in sets for word in ("--set", text)]
+    if name == "process-options":
+        return list(recipe.process)
     value = {"cpu-ceiling": recipe.cpu_ceiling, "win": recipe.win, "step": recipe.step, "family": recipe.family,
              "split": recipe.dataset.split}[name]
     if value is None:

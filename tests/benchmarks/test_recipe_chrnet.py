@@ -12,7 +12,9 @@ import torch
 
 from config import load_config
 from engine.budget import score_windows
+from inference.sweep import parse_sweep
 from models import get_family
+from models.chrnet.postproc import CHRNetPostprocParams
 from tests.conftest import REPO_ROOT
 
 RECIPE = "benchmarks/recipes/consep_chrnet_cpu.sh"
@@ -83,3 +85,22 @@ def test_summary_is_one_json_line_with_both_f1s(tmp_path: Path):
 
 def test_epoch_ceiling_is_the_consep_profile_s():
     assert int(_settings("cpu-ceiling")[0]) == load_config("chrnet", "consep")["train"]["phases"][0]["epochs"]
+
+
+def test_recipe_sweeps_the_h_minima_depth_over_values_the_family_accepts():
+    words = _settings("process-options")
+    assert words[0] == "--sweep"
+    sweep = parse_sweep(words[1])
+    assert sweep.key == "postproc.h" and 150 in sweep.values and min(sweep.values) > 0
+    for value in sweep.values:
+        CHRNetPostprocParams.from_options(load_config("chrnet", "cpu", overrides=[sweep.override(value)])["postproc"])
+
+
+def test_summary_names_the_chosen_h(tmp_path: Path):
+    pooled = {"mpq_plus": 0.4, "f1_d": 0.7, "coverage_f1": 0.6}
+    pooled |= {f"{key}{t}": 0.1 for t in range(1, 5) for key in ("pq_plus_type", "f1_type", "coverage_f1_type")}
+    means = {"pq": {"mean": 0.5}} | {f"pq_type{t}": {"mean": 0.1} for t in range(1, 5)}
+    (tmp_path / "metrics.json").write_text(json.dumps({"pooled": pooled, "mean": means, "per_image": [{}]}))
+    (tmp_path / "sweep.json").write_text(json.dumps({"key": "postproc.h", "best": 20}))
+    summary = json.loads(_bash('chrnet_summary "$@"', "r", str(tmp_path / "metrics.json"), "1", "2")[0])
+    assert summary["postproc.h"] == 20

@@ -4,8 +4,8 @@ Per pixel, ``p = 1 - mean(r, g, b) / 255`` (dark = nucleus) and ``q = r / 255``.
 ``predict`` returns the centred output window of ``np_prob`` (p), ``hv`` (p, -p),
 ``tp_prob`` (1 - p, p (1 - q), p q), ``extra`` (p repeated ``model.extra_channels`` times,
 when > 0) and ``tta`` (ones, only when ``infer.tta`` is on), after sleeping ``model.delay``
-seconds. ``postprocess`` labels the connected components of ``np_prob > 0.5`` and types them
-by the arg-max of ``tp_prob``.
+seconds. ``postprocess`` labels the connected components of ``np_prob > postproc.threshold``
+(0.5) and types them by the arg-max of ``tp_prob``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from postproc.instances import instance_info, instance_type_map
 TOY_CONFIG = {
     "model": {"extra_channels": 0, "delay": 0.0},
     "infer": {"input_size": 32, "output_size": 16, "batch_size": 4, "tta": False, "mag": 40},
-    "postproc": {},
+    "postproc": {"threshold": 0.5},
     "family": "toy",
     "profile": "paper",
 }
@@ -73,7 +73,7 @@ class ToyFamily(Family):
 
     def postprocess(self, raw: dict[str, np.ndarray], **options: Any) -> dict[str, Any]:
         ToyFamily.last_options = dict(options)
-        inst_map = ndimage.label(raw["np_prob"][..., 0] > 0.5)[0].astype(np.int32)
+        inst_map = ndimage.label(raw["np_prob"][..., 0] > self.cfg["postproc"]["threshold"])[0].astype(np.int32)
         info = instance_info(inst_map, raw["tp_prob"])
         return {"inst_map": inst_map, "type_map": instance_type_map(inst_map, info), "inst_info": info}
 
