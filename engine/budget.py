@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from config import load_config
+from config import load_config, stage_names
 from engine.data import ImageView, build_train_dataset, read_source
 from engine.distributed import resolve_device
 from engine.loop import (
@@ -231,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     cfg = load_config(args.model, args.profile, overrides=args.overrides)
+    if stage_names(cfg):
+        raise UserError(f"engine.budget plans single-stage families; '{args.model}' trains the stages "
+                        f"{stage_names(cfg)} in turn (give train.time_budget_s yourself)")
     phases = cfg["train"]["phases"]
     if len(phases) != 1:
         raise UserError(f"engine.budget plans single-phase profiles; '{args.model}' profile {args.profile} has {len(phases)} phases")

@@ -127,6 +127,12 @@ def test_cli_refuses_a_profile_of_several_phases(capsys, demo_patches: Path) -> 
     assert exit_info.value.code == 2 and "2 phases" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_staged_family_in_one_line(capsys, demo_patches: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        budget.main(["--model", "h2gnet", "--profile", "cpu", "--data", str(demo_patches), "--budget-s", "60"])
+    assert exit_info.value.code == 2 and "single-stage families; 'h2gnet' trains the stages" in capsys.readouterr().err
+
+
 def test_training_seconds_set_the_scoring_aside_with_the_margin() -> None:
     assert budget.training_seconds(1000.0, windows=10, window_s=2.0, margin=1.25) == pytest.approx(975.0)
 
